@@ -1,0 +1,197 @@
+"""Command line: ``python -m adaclip predict | download | checkpoints | evaluate | train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from adaclip.backbone import DEFAULT_BACKBONE
+from adaclip.detector import PRECISIONS, Detector, Failure
+from adaclip.errors import AdaCLIPError
+from adaclip.images import IMAGE_SUFFIXES, list_images
+
+logger = logging.getLogger("adaclip.cli")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and place the model, shared by every command that runs it."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--checkpoint",
+        default="all",
+        help="published name (all, mvtec-colondb, visa-clinicdb), hf://OWNER/REPO/PATH or a "
+        "local .pth/.safetensors file (default: all)",
+    )
+    group.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help=f"open_clip model name or local JSON config (default: {DEFAULT_BACKBONE})",
+    )
+    group.add_argument("--backbone-weights", help="local backbone state dict instead of the Hub")
+    group.add_argument("--image-size", type=int, default=518, help="input side S (default: 518)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    group.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32 (exact)"
+    )
+    group.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+
+
+def detector_from_args(args: argparse.Namespace) -> Detector:
+    """Builds the detector the model options describe."""
+    return Detector.from_pretrained(
+        checkpoint=args.checkpoint,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        image_size=args.image_size,
+        device=args.device,
+        precision=args.precision,
+    )
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="score images and write maps, overlays and results.json",
+        description="Score images or folders of images; exits 1 if any image failed.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument(
+        "--class-name",
+        action="append",
+        dest="class_names",
+        help="what the object is; once for all images or once per image (default: object)",
+    )
+    parser.add_argument("--raw-maps", action="store_true", help="save raw S x S maps, not smoothed")
+    parser.add_argument("--output", default="adaclip-output", help="output folder")
+    add_model_options(parser)
+    parser.set_defaults(handler=run_predict)
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files as given, folders expanded to their images; a missing path is kept so it fails."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                logger.warning("folder %s holds no images (%s)", path, ", ".join(IMAGE_SUFFIXES))
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Scores the inputs and writes ``results.json``, maps and overlays under ``--output``."""
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        raise AdaCLIPError("no images to score: the given folders hold no image files.")
+    names = args.class_names or [None]
+    if len(names) not in (1, len(paths)):
+        raise AdaCLIPError(
+            f"give --class-name once for all images or once per image; got {len(names)} "
+            f"for {len(paths)} images."
+        )
+    detector = detector_from_args(args)
+    output = Path(args.output)
+    (output / "maps").mkdir(parents=True, exist_ok=True)
+    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    with _progress(len(paths)) as bar:
+        results = detector.predict_batch(
+            [str(p) for p in paths],
+            names,
+            batch_size=args.batch_size,
+            raw_maps=args.raw_maps,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
+    rows = [_write_result(output, i, path, r, args.raw_maps) for i, (path, r) in enumerate(zip(paths, results))]
+    summary = {
+        "results": rows,
+        "checkpoint": args.checkpoint,
+        "backbone": args.backbone,
+        "backbone_weights": args.backbone_weights,
+        "image_size": args.image_size,
+        "precision": args.precision,
+        "device": str(detector.device),
+        "raw_maps": args.raw_maps,
+        "failed": sum(1 for r in results if isinstance(r, Failure)),
+    }
+    (output / "results.json").write_text(json.dumps(summary, indent=2))
+    _print_table(rows)
+    sys.stdout.write(f"\nwrote {output / 'results.json'}\n")
+    return 1 if summary["failed"] else 0
+
+
+def _write_result(output: Path, index: int, path: Path, result, raw: bool) -> dict:
+    """Saves one item's map and overlay and returns its results.json entry."""
+    if isinstance(result, Failure):
+        return {"image": str(path), "class_name": None, "error": result.message}
+    stem = f"{index:04d}_{path.stem}"
+    map_path = Path("maps") / f"{stem}.npy"
+    overlay_path = Path("overlays") / f"{stem}.png"
+    np.save(output / map_path, result.raw_map if raw else result.anomaly_map)
+    Image.fromarray(result.overlay()).save(output / overlay_path)
+    return {
+        "image": str(path),
+        "class_name": result.class_name,
+        "score": result.score,
+        "map": str(map_path),
+        "overlay": str(overlay_path),
+    }
+
+
+def _print_table(rows: list[dict]) -> None:
+    width = min(max([len(r["image"]) for r in rows] + [5]), 70)
+    lines = [f"{'image':<{width}}  {'class':<16}  {'score':>7}"]
+    for row in rows:
+        image = row["image"] if len(row["image"]) <= width else "..." + row["image"][-width + 3 :]
+        if "error" in row:
+            lines.append(f"{image:<{width}}  FAILED: {row['error']}")
+        else:
+            lines.append(f"{image:<{width}}  {row['class_name'][:16]:<16}  {row['score']:7.4f}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="scoring", disable=None, file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="adaclip", description="Zero-shot visual anomaly detection with AdaCLIP."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_predict(subparsers)
+    return parser
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Our INFO lines on stderr; other libraries' only from WARNING up."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("adaclip").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 1 failed items, 2 error)."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except AdaCLIPError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130

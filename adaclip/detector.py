@@ -1,0 +1,273 @@
+"""One inference path for every front end: decode -> AdaCLIP -> smoothed maps at image size."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from adaclip import prompts, render
+from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, load_backbone
+from adaclip.checkpoints import check_state, read_state, resolve_checkpoint
+from adaclip.config import AdaCLIPConfig
+from adaclip.errors import AdaCLIPError
+from adaclip.images import MAX_PIXELS, ImageInput, describe, load_image, preprocess
+from adaclip.model import AdaCLIP
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image.
+
+    Attributes:
+        score: Image-level anomaly score in [0, 1].
+        anomaly_map: Smoothed anomaly map at the image's own size, ``(H, W)`` float32 in [0, 1].
+        image: The decoded, upright image, ``(H, W, 3)`` uint8 RGB.
+        class_name: The class name actually used (after trimming and the default).
+        source: Where the image came from (a path, or a description of the object).
+        raw_map: The unsmoothed ``S x S`` map, when asked for.
+    """
+
+    score: float
+    anomaly_map: np.ndarray
+    image: np.ndarray
+    class_name: str
+    source: str
+    raw_map: np.ndarray | None = None
+    ok: bool = True
+
+    def overlay(self, alpha: float = 0.5) -> np.ndarray:
+        """The heat map blended over the image, ``(H, W, 3)`` uint8."""
+        return render.overlay(self.image, self.anomaly_map, alpha)
+
+    def mask(self, threshold: float) -> np.ndarray:
+        """Pixels whose anomaly value reaches ``threshold``, ``(H, W)`` bool."""
+        return self.anomaly_map >= threshold
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item of a batch that could not be scored, and why."""
+
+    index: int
+    source: str
+    error: AdaCLIPError
+    ok: bool = False
+
+    @property
+    def message(self) -> str:
+        """The error message, ready to show."""
+        return str(self.error)
+
+
+class Detector:
+    """AdaCLIP ready to score images: built once, then called as often as needed.
+
+    Thread-safe: concurrent calls share the weights and keep no state between calls.
+    """
+
+    def __init__(
+        self,
+        model: AdaCLIP,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        max_pixels: int = MAX_PIXELS,
+        checkpoint: str | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.precision = _check_precision(precision, self.device)
+        self.dtype = PRECISIONS[self.precision]
+        self.max_pixels = max_pixels
+        self.checkpoint = checkpoint
+        model.clip.to(dtype=self.dtype)
+        self.model = model.to(self.device).eval()
+
+    @property
+    def config(self) -> AdaCLIPConfig:
+        """The model's settings."""
+        return self.model.config
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path = "all",
+        backbone: str = DEFAULT_BACKBONE,
+        backbone_weights: str | Path | None = None,
+        image_size: int = 518,
+        device: str = "auto",
+        precision: str = "fp32",
+        pretrained: str | None = DEFAULT_PRETRAINED,
+        **config: object,
+    ) -> Detector:
+        """Builds a detector from a checkpoint spec and a backbone.
+
+        Args:
+            checkpoint: A published name, ``hf://`` spec or local path (see ``adaclip checkpoints``).
+            backbone: open_clip model name or local JSON config.
+            backbone_weights: A local backbone state dict instead of the Hub download.
+            image_size: Input side ``S`` (518 for the published checkpoints).
+            device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+            precision: ``fp32`` (exact), ``bf16`` or ``fp16`` (CUDA only).
+            pretrained: open_clip pretrained tag used without ``backbone_weights``.
+            **config: Further :class:`AdaCLIPConfig` fields.
+        """
+        started = time.perf_counter()
+        resolved_device = resolve_device(device)
+        _check_precision(precision, resolved_device)
+        path = resolve_checkpoint(checkpoint)
+        state = read_state(path)
+        clip = load_backbone(backbone, backbone_weights, pretrained, image_size)
+        model = AdaCLIP(clip, AdaCLIPConfig(image_size=image_size, **config))
+        model.load_learnable(check_state(state, model.learnable_state_dict(), str(checkpoint)))
+        detector = cls(model, resolved_device, precision, checkpoint=str(checkpoint))
+        logger.info(
+            "detector ready (checkpoint %s, %s, %s) in %.1f s",
+            checkpoint,
+            resolved_device,
+            precision,
+            time.perf_counter() - started,
+        )
+        return detector
+
+    def predict(
+        self, image: ImageInput, class_name: str | None = None, raw_map: bool = False
+    ) -> Prediction:
+        """Scores one image.
+
+        Raises:
+            AdaCLIPError: The image or class name is unusable; the message says why.
+        """
+        result = self.predict_batch([image], [class_name], raw_maps=raw_map)[0]
+        if isinstance(result, Failure):
+            raise result.error
+        return result
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        class_names: str | None | Sequence[str | None] = None,
+        batch_size: int = 8,
+        raw_maps: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Prediction | Failure]:
+        """Scores many images, ``batch_size`` at a time; bad items do not stop the rest.
+
+        Args:
+            images: Paths, bytes, PIL images or numpy arrays.
+            class_names: One name for all, or one per image; ``None`` or empty means
+                the generic ``"object"``.
+            batch_size: Images per forward pass.
+            raw_maps: Also return each unsmoothed ``S x S`` map.
+            progress: Called with ``(done, total)`` after each batch.
+
+        Returns:
+            One :class:`Prediction` or :class:`Failure` per input, in input order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+        names = _per_image(class_names, len(images))
+        results: list[Prediction | Failure | None] = [None] * len(images)
+        for start in range(0, len(images), batch_size):
+            stop = min(start + batch_size, len(images))
+            self._predict_chunk(images, names, range(start, stop), raw_maps, results)
+            if progress is not None:
+                progress(stop, len(images))
+        return results  # type: ignore[return-value]
+
+    def _predict_chunk(self, images, names, indices, raw_maps, results) -> None:
+        """Decodes one chunk, records failures and scores the rest in one forward pass."""
+        ready = []
+        for i in indices:
+            source = describe(images[i], i)
+            try:
+                name = prompts.normalize_class_name(names[i])
+                prompts.tokenize_class(name)
+                picture = load_image(images[i], self.max_pixels, source)
+            except AdaCLIPError as err:
+                logger.warning("item %d (%s) failed: %s", i, source, err)
+                results[i] = Failure(i, source, err)
+                continue
+            ready.append((i, source, name, picture))
+        if not ready:
+            return
+        S = self.config.image_size
+        batch = torch.stack([preprocess(p, S) for _, _, _, p in ready])  # (B, 3, S, S)
+        scores, maps = self.run(batch, [name for _, _, name, _ in ready])
+        for (i, source, name, picture), score, raw in zip(ready, scores, maps):
+            array = np.asarray(picture)
+            results[i] = Prediction(
+                score=float(score),
+                anomaly_map=self.smooth(raw, array.shape[:2]),
+                image=array,
+                class_name=name,
+                source=source,
+                raw_map=raw if raw_maps else None,
+            )
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Runs the model on preprocessed images.
+
+        Args:
+            batch: ``(B, 3, S, S)`` normalised float32 images.
+            class_names: One normalised class name per image.
+
+        Returns:
+            Scores ``(B,)`` and raw maps ``(B, S, S)``, float32 numpy.
+        """
+        started = time.perf_counter()
+        out = self.model(batch.to(self.device, self.dtype), list(class_names))
+        logger.debug("forward of %d images in %.2f s", len(batch), time.perf_counter() - started)
+        return out.scores.float().cpu().numpy(), out.maps.float().cpu().numpy()
+
+    def smooth(self, raw_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Gaussian-smooths an ``S x S`` map and resizes it to ``size`` ``(H, W)``."""
+        smoothed = gaussian_filter(raw_map, sigma=self.config.map_sigma)
+        H, W = size
+        if (H, W) != smoothed.shape:
+            smoothed = cv2.resize(smoothed, (W, H), interpolation=cv2.INTER_LINEAR)
+        return np.clip(smoothed, 0.0, 1.0).astype(np.float32)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turns ``auto`` into CUDA when available, else CPU; checks explicit CUDA requests."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise AdaCLIPError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu.")
+    return resolved
+
+
+def _check_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise AdaCLIPError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}.")
+    if precision == "fp16" and device.type != "cuda":
+        raise AdaCLIPError("fp16 needs a CUDA GPU; on a CPU use --precision bf16 or fp32.")
+    return precision
+
+
+def _per_image(class_names: str | None | Sequence[str | None], count: int) -> list[str | None]:
+    """Expands one class name to all images, or checks there is one per image."""
+    if class_names is None or isinstance(class_names, str):
+        return [class_names] * count
+    names = list(class_names)
+    if len(names) == 1:
+        return names * count
+    if len(names) != count:
+        raise AdaCLIPError(
+            f"give one class name for all images or one per image; got {len(names)} names "
+            f"for {count} images."
+        )
+    return names

@@ -1,0 +1,52 @@
+"""Hybrid semantic fusion: K-means over the most abnormal patches refines the image feature."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+
+
+def fuse_patches(
+    probs: torch.Tensor,
+    patch_features: torch.Tensor,
+    n_clusters: int,
+    topk: int,
+    seed: int,
+) -> torch.Tensor:
+    """Clusters each image's most abnormal patches and averages the cluster centres.
+
+    Args:
+        probs: Patch anomaly probabilities, ``(B, L)`` in [0, 1].
+        patch_features: L2-normalised patch features of every output layer, ``(B, N, L, E)``.
+        n_clusters: Number of K-means clusters ``K`` (fewer if there are fewer patches).
+        topk: How many of the most abnormal patches to cluster.
+        seed: K-means random state, so the same image always gives the same result.
+
+    Returns:
+        The fused feature of each image, L2-normalised, ``(B, E)``, in the features' dtype.
+    """
+    B, N, L, E = patch_features.shape
+    k = min(L, topk)
+    order = probs.topk(k, dim=1, sorted=True).indices  # (B, k), most abnormal first
+    index = order[:, None, :, None].expand(B, N, k, E)
+    chosen = patch_features.gather(2, index)  # (B, N, L, E) -> (B, N, k, E)
+    chosen = chosen.permute(0, 2, 1, 3).reshape(B, k, N * E)  # (B, k, N*E), layers side by side
+    points = chosen.detach().float().cpu().numpy()
+    fused = np.stack([_mean_of_centres(p, min(n_clusters, k), seed, N) for p in points])
+    fused = torch.from_numpy(fused).to(device=patch_features.device, dtype=patch_features.dtype)
+    return F.normalize(fused, dim=-1)
+
+
+def _mean_of_centres(points: np.ndarray, n_clusters: int, seed: int, num_layers: int) -> np.ndarray:
+    """K-means on ``(k, N*E)`` points; returns the mean of the per-cluster means, ``(E,)``.
+
+    A cluster's centre is the mean of its members' features over all layers, so each
+    member contributes ``num_layers`` vectors of width ``E``.
+    """
+    labels = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed).fit_predict(points)
+    k, width = points.shape
+    per_layer = points.reshape(k, num_layers, width // num_layers)  # (k, N*E) -> (k, N, E)
+    centres = [per_layer[labels == c].mean(axis=(0, 1)) for c in np.unique(labels)]
+    return np.mean(centres, axis=0)

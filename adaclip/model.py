@@ -1,0 +1,310 @@
+"""The AdaCLIP module: hybrid prompts, prompted CLIP encoders, patch and image heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from torch import nn
+
+from adaclip import prompts
+from adaclip.config import AdaCLIPConfig
+from adaclip.fusion import fuse_patches
+
+
+class StaticPrompts(nn.Module):
+    """Learned prompt tokens, one ``(M, D)`` matrix per prompted block."""
+
+    def __init__(self, depth: int, length: int, width: int) -> None:
+        super().__init__()
+        self.static_prompts = nn.ParameterList(
+            nn.Parameter(torch.empty(length, width).normal_(0.0, 0.02)) for _ in range(depth)
+        )
+
+
+class Heads(nn.Module):
+    """A list of linear heads under the attribute name the reference checkpoints use."""
+
+    def __init__(self, count: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.head = nn.ModuleList(nn.Linear(in_features, out_features) for _ in range(count))
+
+    def stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """Applies every head to ``x`` ``(B, in)`` and stacks them: ``(B, count, out)``."""
+        return torch.stack([head(x) for head in self.head], dim=1)
+
+
+@dataclass
+class AdaCLIPOutput:
+    """What one forward pass returns for a batch of ``B`` images.
+
+    Attributes:
+        scores: Image anomaly scores, ``(B,)`` in [0, 1].
+        maps: Anomaly maps before smoothing, ``(B, S, S)`` in [0, 1].
+        image_logits: Scaled image-text similarities, ``(B, 2)`` (normal, abnormal).
+        layer_logits: Scaled patch-text similarities per output layer, ``(B, N, 2, G, G)``.
+    """
+
+    scores: torch.Tensor
+    maps: torch.Tensor
+    image_logits: torch.Tensor
+    layer_logits: torch.Tensor
+
+
+class AdaCLIP(nn.Module):
+    """AdaCLIP on a frozen open_clip backbone (METHOD.md sections 3-7).
+
+    The learnable parts carry the attribute names of the reference checkpoints, so
+    :meth:`learnable_state_dict` and :meth:`load_learnable` map to them one to one.
+    ``forward`` stores nothing on the module: any number of threads may call it.
+    """
+
+    def __init__(self, clip: CLIP, config: AdaCLIPConfig) -> None:
+        super().__init__()
+        visual = clip.visual
+        if visual.image_size[0] != config.image_size:
+            raise ValueError(
+                f"backbone is sized for {visual.image_size[0]} px but config.image_size is "
+                f"{config.image_size}; build it with load_backbone(image_size=...)."
+            )
+        J, M, N = config.prompt_depth, config.prompt_length, config.num_output_layers
+        Dv, Dt, E = visual.transformer.width, clip.transformer.width, visual.output_dim
+        layers = len(visual.transformer.resblocks)
+        if layers < N or J > min(layers, len(clip.transformer.resblocks)):
+            raise ValueError(f"a {layers}-block backbone cannot take {N} outputs and depth {J}.")
+        self.config = config
+        self.clip = clip.eval().requires_grad_(False)
+        self.visual_prompter = StaticPrompts(J, M, Dv)
+        self.text_prompter = StaticPrompts(J, M, Dt)
+        self.dynamic_visual_prompt_generator = Heads(M, E, Dv)
+        self.dynamic_text_prompt_generator = Heads(M, E, Dt)
+        self.patch_token_layer = Heads(N, Dv, E)
+        self.cls_token_layer = Heads(1, E, E)
+        self.output_layers = [i - 1 for i in range(1, layers + 1) if i % (layers // N) == 0][:N]
+
+    @property
+    def grid_size(self) -> int:
+        """Side ``G`` of the patch grid."""
+        return self.clip.visual.grid_size[0]
+
+    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The learnable tensors under their names in this module (no ``clip.`` entries)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+
+    def load_learnable(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads learnable tensors strictly; see :func:`adaclip.checkpoints.check_state`."""
+        own = self.state_dict()
+        own.update(state)
+        self.load_state_dict(own, strict=True)
+
+    def train(self, mode: bool = True) -> AdaCLIP:
+        """Switches the learnable parts; the frozen backbone always stays in eval mode."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def forward(self, images: torch.Tensor, class_names: Sequence[str]) -> AdaCLIPOutput:
+        """Scores a batch of preprocessed images against their class names.
+
+        Args:
+            images: Normalised images, ``(B, 3, S, S)``, in the backbone's dtype.
+            class_names: One normalised class name per image.
+
+        Returns:
+            Scores, raw maps and the logits behind them; see :class:`AdaCLIPOutput`.
+        """
+        B = images.shape[0]
+        if len(class_names) != B:
+            raise ValueError(f"need one class name per image; got {len(class_names)} for {B}.")
+        tokens = self.clip.visual._embeds(images)  # (B, 1+L, Dv)
+        pooled_plain = self.encode_image_plain(tokens)
+        visual_prompts, text_prompts = self.hybrid_prompts(pooled_plain, tokens.dtype)
+        patch_tokens, pooled = self.encode_image_prompted(tokens, visual_prompts)
+        text = self.encode_text(class_names, text_prompts).float()
+
+        patches = torch.stack(
+            [F.normalize(h(t.float()), dim=-1) for h, t in zip(self.patch_token_layer.head, patch_tokens)],
+            dim=1,
+        )  # (B, N, L, E)
+        image = F.normalize(self.cls_token_layer.head[0](pooled.float()), dim=-1)  # (B, E)
+        scale = self.config.logit_scale
+        logits = scale * torch.einsum("bnle,bec->bnlc", patches, text)  # (B, N, L, 2)
+
+        if self.config.use_hsf:
+            image = self.fuse(logits, patches, image)
+        image_logits = scale * torch.einsum("be,bec->bc", image, text)  # (B, 2)
+
+        G = self.grid_size
+        layer_logits = logits.permute(0, 1, 3, 2).reshape(B, -1, 2, G, G)  # -> (B, N, 2, G, G)
+        return AdaCLIPOutput(
+            scores=image_logits.softmax(dim=-1)[:, 1],
+            maps=self.anomaly_map(layer_logits),
+            image_logits=image_logits,
+            layer_logits=layer_logits,
+        )
+
+    def encode_image_plain(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The prompt-free CLIP image feature ``g`` (projected, not normalised), ``(B, E)``.
+
+        Only the class token leaves the last block, so that block attends from it alone.
+        """
+        visual = self.clip.visual
+        blocks = visual.transformer.resblocks
+        x = tokens
+        for block in blocks[:-1]:
+            x = block_forward(block, x)
+        cls = block_forward(blocks[-1], x, queries=1)[:, 0]  # (B, Dv)
+        return visual.ln_post(cls) @ visual.proj
+
+    def hybrid_prompts(
+        self, pooled: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static plus per-image dynamic prompts for every prompted block.
+
+        Args:
+            pooled: Plain image features ``g``, ``(B, E)``.
+            dtype: The backbone's compute dtype, which the prompts are cast to.
+
+        Returns:
+            Visual prompts ``(J, B, M, Dv)`` and text prompts ``(J, B, M, Dt)``: the fp32
+            sums rounded to float16 precision (as the reference does), then cast to ``dtype``.
+        """
+        pooled32 = pooled.float()
+        result = []
+        for generator, static in (
+            (self.dynamic_visual_prompt_generator, self.visual_prompter),
+            (self.dynamic_text_prompt_generator, self.text_prompter),
+        ):
+            dynamic = generator.stacked(pooled32)  # (B, M, D)
+            hybrid = [(dynamic + p.float()).half().to(dtype) for p in static.static_prompts]
+            result.append(torch.stack(hybrid))  # J x (B, M, D) -> (J, B, M, D)
+        return result[0], result[1]
+
+    def encode_image_prompted(
+        self, tokens: torch.Tensor, prompts_: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The prompted vision pass (METHOD.md section 5).
+
+        Args:
+            tokens: Embedded image tokens after ``ln_pre``, ``(B, 1+L, Dv)``.
+            prompts_: Hybrid visual prompts, ``(J, B, M, Dv)``.
+
+        Returns:
+            Patch tokens of each output layer ``N x (B, L, Dv)`` and the pooled feature ``(B, E)``.
+        """
+        visual = self.clip.visual
+        J, B, M, _ = prompts_.shape
+        L = tokens.shape[1] - 1
+        x = torch.cat([tokens, prompts_[0]], dim=1)  # (B, 1+L+M, Dv)
+        outputs = []
+        for i, block in enumerate(visual.transformer.resblocks):
+            if 0 < i < J:
+                x = torch.cat([x[:, : 1 + L], prompts_[i]], dim=1)
+            x = block_forward(block, x)
+            if i in self.output_layers:
+                outputs.append(x[:, 1 : 1 + L])
+        pooled = visual.ln_post(x[:, 0]) @ visual.proj
+        return outputs, pooled
+
+    def encode_text(self, class_names: Sequence[str], prompts_: torch.Tensor) -> torch.Tensor:
+        """The prompted text features of each image (METHOD.md section 6).
+
+        Args:
+            class_names: One normalised class name per image.
+            prompts_: Hybrid text prompts, ``(J, B, M, Dt)``.
+
+        Returns:
+            ``(B, E, 2)``: per image, the normal and abnormal text feature, L2-normalised.
+        """
+        clip = self.clip
+        J, B, M, Dt = prompts_.shape
+        encoded = [prompts.tokenize_class(name) for name in class_names]
+        tokens = torch.stack([t for t, _ in encoded]).to(prompts_.device)  # (B, S, 77)
+        S = tokens.shape[1]
+        eot = prompts.eot_positions(tokens)  # (B, S)
+        T = max(int(eot.max()) + 1, M + 1)  # exact: causal attention never looks past the EOT
+        x = clip.token_embedding(tokens[:, :, :T]).to(prompts_.dtype)  # (B, S, T, Dt)
+        x = (x + clip.positional_embedding[:T].to(x.dtype)).reshape(B * S, T, Dt)
+        for i, block in enumerate(clip.transformer.resblocks):
+            if 0 < i < J:
+                prompt = prompts_[i].repeat_interleave(S, dim=0)  # (B, M, Dt) -> (B*S, M, Dt)
+                x = torch.cat([x[:, :1], prompt, x[:, 1 + M :]], dim=1)
+            x = block_forward(block, x, causal=True)
+        x = x.reshape(B, S, T, Dt)  # (B*S, T, Dt) -> (B, S, T, Dt)
+        end = x.gather(2, eot[:, :, None, None].expand(B, S, 1, Dt)).squeeze(2)  # (B, S, Dt)
+        features = F.normalize(clip.ln_final(end) @ clip.text_projection, dim=-1)  # (B, S, E)
+        num_normal = encoded[0][1]
+        states = torch.stack(
+            [features[:, :num_normal].mean(dim=1), features[:, num_normal:].mean(dim=1)], dim=-1
+        )  # (B, E, 2)
+        return F.normalize(states, dim=1)
+
+    def fuse(self, logits: torch.Tensor, patches: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Hybrid semantic fusion of the image feature (METHOD.md section 7).
+
+        Args:
+            logits: Per-layer patch logits, ``(B, N, L, 2)``.
+            patches: Normalised patch features, ``(B, N, L, E)``.
+            image: Normalised image features, ``(B, E)``.
+
+        Returns:
+            The refined, normalised image features, ``(B, E)``.
+        """
+        cfg = self.config
+        probs = logits.mean(dim=1).softmax(dim=-1)[..., 1]  # (B, L)
+        fused = fuse_patches(
+            probs,
+            patches,
+            n_clusters=cfg.hsf_clusters,
+            topk=cfg.hsf_topk_factor * cfg.hsf_clusters,
+            seed=cfg.kmeans_seed,
+        )
+        return F.normalize(cfg.hsf_alpha * fused + (1.0 - cfg.hsf_alpha) * image, dim=-1)
+
+    def anomaly_map(self, layer_logits: torch.Tensor) -> torch.Tensor:
+        """Upsamples the per-layer logits to ``S x S`` and returns the abnormal probability.
+
+        Args:
+            layer_logits: ``(B, N, 2, G, G)``.
+
+        Returns:
+            ``(B, S, S)`` in [0, 1]. Bilinear upsampling is linear, so averaging the
+            layers first and upsampling once is the same map at a quarter of the cost.
+        """
+        S = self.config.image_size
+        mean = layer_logits.mean(dim=1)  # (B, N, 2, G, G) -> (B, 2, G, G)
+        up = F.interpolate(mean.float(), size=(S, S), mode="bilinear", align_corners=True)
+        return up.softmax(dim=1)[:, 1]
+
+
+def block_forward(
+    block: nn.Module, x: torch.Tensor, causal: bool = False, queries: int | None = None
+) -> torch.Tensor:
+    """One open_clip residual attention block, batch-first, with fused attention.
+
+    Args:
+        block: An open_clip ``ResidualAttentionBlock``.
+        x: Tokens, ``(B, T, D)``.
+        causal: Apply the causal mask (text encoder).
+        queries: If given, only the first ``queries`` tokens are computed and returned.
+
+    Returns:
+        ``(B, T, D)``, or ``(B, queries, D)`` when ``queries`` is set.
+    """
+    B, T, D = x.shape
+    attn = block.attn
+    H = attn.num_heads
+    y = block.ln_1(x)
+    q_in = y if queries is None else y[:, :queries]
+    Q = q_in.shape[1]
+    w_q, w_kv = attn.in_proj_weight[:D], attn.in_proj_weight[D:]
+    b_q, b_kv = attn.in_proj_bias[:D], attn.in_proj_bias[D:]
+    q = F.linear(q_in, w_q, b_q).reshape(B, Q, H, D // H).transpose(1, 2)  # (B, H, Q, d)
+    kv = F.linear(y, w_kv, b_kv).reshape(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, T, d)
+    out = F.scaled_dot_product_attention(q, kv[0], kv[1], is_causal=causal)
+    out = out.transpose(1, 2).reshape(B, Q, D)  # (B, H, Q, d) -> (B, Q, D)
+    x = x[:, :Q] + block.ls_1(attn.out_proj(out))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
