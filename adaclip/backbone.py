@@ -98,9 +98,9 @@ def load_backbone(
 
 def _create(name: str, source: str | None) -> torch.nn.Module:
     """Calls open_clip and turns its failures into project errors."""
-    if source is not None and source != DEFAULT_PRETRAINED and not Path(source).is_file():
-        if Path(source).suffix:
-            raise CheckpointError(f"backbone weights file {source} does not exist.")
+    is_path = source is not None and source != DEFAULT_PRETRAINED and bool(Path(source).suffix)
+    if is_path and not Path(source).is_file():
+        raise CheckpointError(f"backbone weights file {source} does not exist.")
     try:
         return open_clip.create_model(name, pretrained=source, weights_only=True)
     except (RuntimeError, OSError, KeyError) as err:

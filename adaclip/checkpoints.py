@@ -111,7 +111,9 @@ def check_state(
             if misshapen and not missing
             else ""
         )
-        raise CheckpointError(f"{source} does not fit this model: " + " | ".join(problems) + "." + hint)
+        raise CheckpointError(
+            f"{source} does not fit this model: " + " | ".join(problems) + "." + hint
+        )
     return {k: v.float() for k, v in stripped.items()}
 
 

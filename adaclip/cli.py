@@ -112,7 +112,10 @@ def run_predict(args: argparse.Namespace) -> int:
             raw_maps=args.raw_maps,
             progress=lambda done, total: bar.update(done - bar.n),
         )
-    rows = [_write_result(output, i, path, r, args.raw_maps) for i, (path, r) in enumerate(zip(paths, results))]
+    rows = [
+        _write_result(output, i, path, r, args.raw_maps)
+        for i, (path, r) in enumerate(zip(paths, results))
+    ]
     summary = {
         "results": rows,
         "checkpoint": args.checkpoint,

@@ -65,7 +65,9 @@ class AdaCLIPConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown AdaCLIPConfig keys {unknown}; known keys are {sorted(known)}.")
+            raise ValueError(
+                f"unknown AdaCLIPConfig keys {unknown}; known keys are {sorted(known)}."
+            )
         return cls(**values)
 
     @classmethod

@@ -113,7 +113,7 @@ class Detector:
         """Builds a detector from a checkpoint spec and a backbone.
 
         Args:
-            checkpoint: A published name, ``hf://`` spec or local path (see ``adaclip checkpoints``).
+            checkpoint: A published name, an ``hf://`` spec or a local path.
             backbone: open_clip model name or local JSON config.
             backbone_weights: A local backbone state dict instead of the Hub download.
             image_size: Input side ``S`` (518 for the published checkpoints).
@@ -156,7 +156,7 @@ class Detector:
     def predict_batch(
         self,
         images: Sequence[ImageInput],
-        class_names: str | None | Sequence[str | None] = None,
+        class_names: str | Sequence[str | None] | None = None,
         batch_size: int = 8,
         raw_maps: bool = False,
         progress: Callable[[int, int], None] | None = None,
@@ -235,7 +235,7 @@ class Detector:
         """Gaussian-smooths an ``S x S`` map and resizes it to ``size`` ``(H, W)``."""
         smoothed = gaussian_filter(raw_map, sigma=self.config.map_sigma)
         H, W = size
-        if (H, W) != smoothed.shape:
+        if smoothed.shape != (H, W):
             smoothed = cv2.resize(smoothed, (W, H), interpolation=cv2.INTER_LINEAR)
         return np.clip(smoothed, 0.0, 1.0).astype(np.float32)
 
@@ -246,7 +246,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AdaCLIPError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu.")
+        raise AdaCLIPError(
+            "device 'cuda' was requested but no CUDA GPU is available; use --device cpu."
+        )
     return resolved
 
 
@@ -258,7 +260,7 @@ def _check_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _per_image(class_names: str | None | Sequence[str | None], count: int) -> list[str | None]:
+def _per_image(class_names: str | Sequence[str | None] | None, count: int) -> list[str | None]:
     """Expands one class name to all images, or checks there is one per image."""
     if class_names is None or isinstance(class_names, str):
         return [class_names] * count

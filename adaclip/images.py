@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from adaclip.config import OPENAI_MEAN, OPENAI_STD
 from adaclip.errors import ImageError
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 MAX_PIXELS = 64_000_000
 """Largest image (width x height) we decode; larger files are refused as possible bombs."""
@@ -30,7 +29,9 @@ def describe(source: ImageInput, index: int | None = None) -> str:
     return f"item {index} ({kind})" if index is not None else kind
 
 
-def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+def load_image(
+    source: ImageInput, max_pixels: int = MAX_PIXELS, name: str | None = None
+) -> Image.Image:
     """Decodes any supported input into an 8-bit RGB PIL image, upright.
 
     Paths, bytes and PIL images are decoded with the EXIF orientation applied; numpy arrays
@@ -54,7 +55,9 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS, name: str | Non
         image = ImageOps.exif_transpose(image)
         return to_rgb(image)
     except (OSError, ValueError, SyntaxError) as err:
-        raise ImageError(f"{name} could not be decoded ({err}); the file may be truncated.") from err
+        raise ImageError(
+            f"{name} could not be decoded ({err}); the file may be truncated."
+        ) from err
 
 
 def _open(source: str | os.PathLike | bytes, name: str) -> Image.Image:
@@ -73,7 +76,9 @@ def _open(source: str | os.PathLike | bytes, name: str) -> Image.Image:
     try:
         return Image.open(stream)
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{name} is too large to decode safely ({err}).") from err
+        raise ImageError(
+            f"{name} is too large to decode safely ({err}); downscale it before uploading."
+        ) from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageError(
             f"{name} is not an image PIL can read; use PNG, JPEG, BMP, TIFF or WebP."
@@ -87,8 +92,8 @@ def _check_size(image: Image.Image, max_pixels: int, name: str) -> None:
         raise ImageError(f"{name} has no pixels ({width}x{height}).")
     if width * height > max_pixels:
         raise ImageError(
-            f"{name} is {width}x{height} = {width * height:,} pixels, more than the limit of "
-            f"{max_pixels:,}; downscale it before uploading."
+            f"{name} is too large: {width}x{height} = {width * height:,} pixels, more than the "
+            f"limit of {max_pixels:,}; downscale it before uploading."
         )
 
 
@@ -147,4 +152,6 @@ def preprocess(image: Image.Image, size: int) -> torch.Tensor:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), sorted, by their suffix."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )

@@ -73,7 +73,7 @@ class AdaCLIP(nn.Module):
         J, M, N = config.prompt_depth, config.prompt_length, config.num_output_layers
         Dv, Dt, E = visual.transformer.width, clip.transformer.width, visual.output_dim
         layers = len(visual.transformer.resblocks)
-        if layers < N or J > min(layers, len(clip.transformer.resblocks)):
+        if layers < N or min(layers, len(clip.transformer.resblocks)) < J:
             raise ValueError(f"a {layers}-block backbone cannot take {N} outputs and depth {J}.")
         self.config = config
         self.clip = clip.eval().requires_grad_(False)
@@ -126,7 +126,10 @@ class AdaCLIP(nn.Module):
         text = self.encode_text(class_names, text_prompts).float()
 
         patches = torch.stack(
-            [F.normalize(h(t.float()), dim=-1) for h, t in zip(self.patch_token_layer.head, patch_tokens)],
+            [
+                F.normalize(h(t.float()), dim=-1)
+                for h, t in zip(self.patch_token_layer.head, patch_tokens)
+            ],
             dim=1,
         )  # (B, N, L, E)
         image = F.normalize(self.cls_token_layer.head[0](pooled.float()), dim=-1)  # (B, E)
@@ -196,7 +199,7 @@ class AdaCLIP(nn.Module):
             Patch tokens of each output layer ``N x (B, L, Dv)`` and the pooled feature ``(B, E)``.
         """
         visual = self.clip.visual
-        J, B, M, _ = prompts_.shape
+        J = prompts_.shape[0]
         L = tokens.shape[1] - 1
         x = torch.cat([tokens, prompts_[0]], dim=1)  # (B, 1+L+M, Dv)
         outputs = []
@@ -242,7 +245,9 @@ class AdaCLIP(nn.Module):
         )  # (B, E, 2)
         return F.normalize(states, dim=1)
 
-    def fuse(self, logits: torch.Tensor, patches: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def fuse(
+        self, logits: torch.Tensor, patches: torch.Tensor, image: torch.Tensor
+    ) -> torch.Tensor:
         """Hybrid semantic fusion of the image feature (METHOD.md section 7).
 
         Args:
@@ -303,7 +308,9 @@ def block_forward(
     w_q, w_kv = attn.in_proj_weight[:D], attn.in_proj_weight[D:]
     b_q, b_kv = attn.in_proj_bias[:D], attn.in_proj_bias[D:]
     q = F.linear(q_in, w_q, b_q).reshape(B, Q, H, D // H).transpose(1, 2)  # (B, H, Q, d)
-    kv = F.linear(y, w_kv, b_kv).reshape(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, T, d)
+    kv = (
+        F.linear(y, w_kv, b_kv).reshape(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4)
+    )  # (2, B, H, T, d)
     out = F.scaled_dot_product_attention(q, kv[0], kv[1], is_causal=causal)
     out = out.transpose(1, 2).reshape(B, Q, D)  # (B, H, Q, d) -> (B, Q, D)
     x = x[:, :Q] + block.ls_1(attn.out_proj(out))

@@ -1,0 +1,65 @@
+"""Config round-trip, prompt ensemble, backbone resizing and rendering helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaclip import render
+from adaclip.backbone import load_backbone
+from adaclip.config import AdaCLIPConfig
+from adaclip.errors import CheckpointError
+from adaclip.prompts import sentences, tokenize_class
+
+
+def test_config_json_round_trip():
+    config = AdaCLIPConfig(image_size=240, hsf_alpha=0.3, use_hsf=False)
+    assert AdaCLIPConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="unknown AdaCLIPConfig keys \\['bogus'\\]"):
+        AdaCLIPConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="hsf_alpha must lie in \\[0, 1\\]; got 2"):
+        AdaCLIPConfig(hsf_alpha=2)
+
+
+def test_sentence_ensemble():
+    normal, abnormal = sentences("metal-nut")
+    assert len(normal) == 28 and len(abnormal) == 20
+    assert "a bad photo of a flawless metal nut." in normal
+    assert "a cropped photo of the metal nut with damage." in abnormal
+    tokens, num_normal = tokenize_class("metal-nut")
+    assert tokens.shape == (48, 77) and num_normal == 28
+
+
+def test_backbone_grid_is_resized(golden_dir):
+    clip = load_backbone(
+        str(golden_dir / "ViT-T-golden.json"), golden_dir / "clip_weights.pt", image_size=320
+    )
+    assert clip.visual.grid_size == (20, 20)
+    assert clip.visual.positional_embedding.shape == (20 * 20 + 1, 128)
+    assert not any(p.requires_grad for p in clip.parameters())
+
+
+def test_backbone_errors_are_clear(golden_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="unknown backbone 'ViT-Nope'"):
+        load_backbone("ViT-Nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    with pytest.raises(CheckpointError, match="not an open_clip model config"):
+        load_backbone(str(bad))
+    with pytest.raises(ValueError, match="multiple of the patch size 16; got 250"):
+        load_backbone(str(golden_dir / "ViT-T-golden.json"), image_size=250)
+
+
+def test_render_helpers():
+    image = np.full((30, 40, 3), 100, dtype=np.uint8)
+    heat = np.zeros((30, 40), dtype=np.float32)
+    heat[10:20, 10:20] = 1.0
+    blended = render.overlay(image, heat, alpha=0.5)
+    assert blended.shape == image.shape and blended.dtype == np.uint8
+    assert not np.array_equal(blended[15, 15], blended[0, 0])
+    drawn = render.outline(image, heat, threshold=0.5)
+    assert (drawn != image).any(axis=-1).sum() > 0
+    assert (drawn[15, 15] == image[15, 15]).all()  # inside the region stays untouched
+    assert render.colorbar(100, 10).shape == (100, 10, 3)
+    with pytest.raises(ValueError, match="must match"):
+        render.overlay(image, heat[:10])
