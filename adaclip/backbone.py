@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 
+from adaclip.checkpoints import fetch_backbone
 from adaclip.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def load_backbone(
     source = str(weights) if weights is not None else pretrained
     if is_config_file(backbone) and weights is None:
         source = None
+    elif weights is None and pretrained and not Path(pretrained).is_file():
+        source = str(fetch_backbone(name, pretrained))  # the Hub download lives in checkpoints.py
     with warnings.catch_warnings():
         # NOTE(paper): AdaCLIP runs the OpenAI weights with plain GELU; open_clip warns about it.
         warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
@@ -97,17 +100,62 @@ def load_backbone(
 
 
 def _create(name: str, source: str | None) -> torch.nn.Module:
-    """Calls open_clip and turns its failures into project errors."""
-    is_path = source is not None and source != DEFAULT_PRETRAINED and bool(Path(source).suffix)
-    if is_path and not Path(source).is_file():
+    """Builds the open_clip model; random weights when ``source`` is ``None``.
+
+    With weights, the model is laid out on the meta device and the file's tensors are
+    assigned to it directly (memory-mapped), so there is no random initialisation to pay
+    for and no second copy of the weights in memory.
+    """
+    if source is None:
+        return open_clip.create_model(name, pretrained=None)
+    path = Path(source)
+    if not path.is_file():
         raise CheckpointError(f"backbone weights file {source} does not exist.")
+    with torch.device("meta"):
+        model = open_clip.create_model(name, pretrained=None, device="meta")
     try:
-        return open_clip.create_model(name, pretrained=source, weights_only=True)
-    except (RuntimeError, OSError, KeyError) as err:
+        model.load_state_dict(_read_weights(path), strict=True, assign=True)
+    except RuntimeError as err:
         raise CheckpointError(
-            f"could not load backbone {name!r} with weights {source!r}: {err}. "
-            "Check the name and weights, or pass --backbone-weights with a local file."
+            f"backbone weights {path} do not fit {name!r}: {err}. Pass the weights that "
+            "belong to this backbone, or another --backbone."
         ) from err
+    context = model.positional_embedding.shape[0]
+    model.attn_mask = torch.full((context, context), float("-inf")).triu_(1)  # causal mask
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    assert not meta, f"tensors left unloaded: {meta}"
+    return model
+
+
+def _torch_load(path: Path) -> object:
+    """``torch.load`` memory-mapped where the file format allows it (zip format)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Reads a backbone state dict (torch or safetensors) without unpickling objects."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = _torch_load(path)
+    except Exception as err:  # torch raises many types for a bad file; all mean the same here
+        raise CheckpointError(
+            f"cannot read backbone weights {path}: {err}. The file may be truncated or not a "
+            "state dict; download it again."
+        ) from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"backbone weights {path} are not a state dict.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def resize_grid(model: CLIP, image_size: int) -> None:
