@@ -110,7 +110,7 @@ def run_predict(args: argparse.Namespace) -> int:
             names,
             batch_size=args.batch_size,
             raw_maps=args.raw_maps,
-            progress=lambda done, total: bar.update(done - bar.n),
+            progress=bar,
         )
     rows = [
         _write_result(output, i, path, r, args.raw_maps)
@@ -163,10 +163,31 @@ def _print_table(rows: list[dict]) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _progress(total: int):
-    from tqdm import tqdm
+class _Progress:
+    """A progress bar on a terminal; a log line per batch when stderr is a file or pipe."""
 
-    return tqdm(total=total, unit="img", desc="scoring", disable=None, file=sys.stderr)
+    def __init__(self, total: int, desc: str = "scoring") -> None:
+        from tqdm import tqdm
+
+        self.desc = desc
+        self.bar = tqdm(total=total, unit="img", desc=desc, disable=None, file=sys.stderr)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def __call__(self, done: int, total: int) -> None:
+        """Reports that ``done`` of ``total`` items are finished."""
+        if self.bar.disable:
+            logger.info("%s: %d/%d", self.desc, done, total)
+        else:
+            self.bar.update(done - self.bar.n)
+
+
+def _progress(total: int, desc: str = "scoring") -> _Progress:
+    return _Progress(total, desc)
 
 
 def build_parser() -> argparse.ArgumentParser:
