@@ -1,0 +1,298 @@
+"""The demo's handlers, called directly (no server): results, errors, options, layout."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from app_helpers import (
+    BAD_UPLOAD_MESSAGES,
+    load_app,
+    write_bad_uploads,
+    write_bomb,
+    write_odd_images,
+)
+from gradio.data_classes import ImageData
+
+from adaclip.errors import HubError
+
+app = load_app()
+
+
+@pytest.fixture(scope="module")
+def demo(golden_detector):
+    return app.Demo(golden_detector)
+
+
+@pytest.fixture(scope="module")
+def golden_images(golden_dir: Path) -> list[Path]:
+    return sorted((golden_dir / "images").iterdir())
+
+
+def test_detect_returns_the_library_result(demo, golden_detector, golden_images, golden):
+    image, name = golden_images[0], golden["cases"][0]["class_name"]
+    expected = golden_detector.predict(str(image), name)
+
+    overlay, score, verdict, heatmap, outlined, timing = demo.detect(str(image), name)
+
+    assert score == expected.score
+    np.testing.assert_array_equal(overlay, expected.overlay())
+    assert outlined.shape == expected.image.shape and outlined.dtype == np.uint8
+    assert heatmap.shape[0] == app.HEATMAP_HEIGHT and heatmap.shape[2] == 3
+    assert f"{expected.score:.4f}" in verdict and f"`{name}`" in verdict
+    assert "Scored in" in timing and "240 px" in timing
+
+
+def test_verdict_follows_the_threshold(demo, golden_images):
+    image = str(golden_images[2])
+    score = demo.detect(image, "gravel")[1]
+
+    below = demo.detect(image, "gravel", threshold=max(score - 0.01, 0.0))[2]
+    above = demo.detect(image, "gravel", threshold=min(score + 0.01, 1.0))[2]
+
+    assert "Anomalous" in below and "≥" in below
+    assert "Normal" in above and "<" in above
+
+
+def test_empty_class_name_uses_object_and_says_so(demo, golden_detector, golden_images):
+    image = str(golden_images[1])
+
+    _, score, verdict, *_ = demo.detect(image, "   ")
+
+    assert score == golden_detector.predict(image, None).score
+    assert "`object`" in verdict and "empty" in verdict
+
+
+def test_apply_threshold_redraws_without_the_model(demo, golden_detector, golden_images):
+    prediction = golden_detector.predict(str(golden_images[2]), "gravel")
+
+    verdict_low, outlined_low = demo.apply_threshold(prediction, 0.0)
+    verdict_high, outlined_high = demo.apply_threshold(prediction, 1.0)
+
+    assert "Anomalous" in verdict_low
+    assert ("Normal" in verdict_high) == (prediction.score < 1.0)
+    assert not np.array_equal(outlined_low, outlined_high)
+    assert demo.apply_threshold(None, 0.5) == ("", None)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_UPLOAD_MESSAGES))
+def test_bad_uploads_get_clear_errors(demo, tmp_path, kind, golden_images):
+    bad = write_bad_uploads(tmp_path)[kind]
+
+    with pytest.raises(gr.Error, match=BAD_UPLOAD_MESSAGES[kind]):
+        demo.detect(str(bad), "bottle")
+    assert demo.detect(str(golden_images[0]), "bottle")[1] > 0.0  # still serving
+
+
+def test_image_over_the_pixel_limit_is_refused(demo, tmp_path):
+    bomb = write_bomb(tmp_path / "big.png", side=9_000)  # 81 MP: under PIL's bomb check
+
+    with pytest.raises(gr.Error, match="more than the limit"):
+        demo.detect(str(bomb), "bottle")
+
+
+def test_missing_image_asks_for_one(demo):
+    with pytest.raises(gr.Error, match="no image yet"):
+        demo.detect(None, "bottle")
+
+
+def test_oversized_upload_is_refused(demo, golden_images, monkeypatch):
+    monkeypatch.setattr(app, "MAX_UPLOAD_BYTES", 1000)
+
+    with pytest.raises(gr.Error, match="upload limit"):
+        demo.detect(str(golden_images[0]), "bottle")
+
+
+def test_error_messages_hide_the_temporary_upload_folder(demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    text = tmp_path / "abc123" / "notes.png"
+    text.parent.mkdir()
+    text.write_text("not a picture")
+
+    with pytest.raises(gr.Error) as caught:
+        demo.detect(str(text), "bottle")
+
+    assert "notes.png" in caught.value.message and str(tmp_path) not in caught.value.message
+
+
+@pytest.mark.parametrize("kind", ["rgba", "grey16", "tiny"])
+def test_odd_but_valid_images_work(demo, golden_detector, tmp_path, kind):
+    image = write_odd_images(tmp_path)[kind]
+    expected = golden_detector.predict(str(image), "object")
+
+    overlay, score, _, heatmap, outlined, _ = demo.detect(str(image), "")
+
+    assert score == expected.score
+    assert overlay.shape == outlined.shape == expected.image.shape
+    assert heatmap.shape[0] == app.HEATMAP_HEIGHT
+
+
+def test_bytes_input_scores_like_the_file(demo, golden_images):
+    path = golden_images[3]
+
+    assert demo.detect(path.read_bytes(), "brain")[1] == demo.detect(str(path), "brain")[1]
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5])
+def test_threshold_outside_zero_one_is_refused(demo, golden_images, threshold):
+    with pytest.raises(gr.Error, match="threshold must be between 0 and 1"):
+        demo.detect(str(golden_images[0]), "bottle", threshold=threshold)
+
+
+def test_too_long_class_name_is_refused(demo, golden_images):
+    with pytest.raises(gr.Error, match="class_name"):
+        demo.detect(str(golden_images[0]), "very " * 100)
+
+
+def test_checkpoint_not_offered_is_refused(demo, golden_images):
+    with pytest.raises(gr.Error, match="not offered"):
+        demo.detect(str(golden_images[0]), "bottle", checkpoint="/etc/passwd")
+
+
+def test_published_checkpoint_that_cannot_download_errors_and_keeps_serving(
+    demo, golden_images, monkeypatch
+):
+    def offline(spec):
+        raise HubError(f"cannot download checkpoint {spec!r}: the Hub is unreachable.")
+
+    monkeypatch.setattr(app.checkpoints, "resolve_checkpoint", offline)
+
+    with pytest.raises(gr.Error, match="cannot download checkpoint 'all'"):
+        demo.detect(str(golden_images[0]), "bottle", checkpoint="all")
+    assert "all" not in demo._detectors
+    assert demo.detect(str(golden_images[0]), "bottle")[1] > 0.0
+
+
+def test_other_checkpoint_loads_once_on_the_shared_backbone(
+    golden_detector, golden_model_args, golden_images, tmp_path
+):
+    copy = tmp_path / "copy.pth"
+    shutil.copy(golden_model_args["checkpoint"], copy)
+    demo = app.Demo(golden_detector, choices=[golden_model_args["checkpoint"], str(copy)])
+    image = str(golden_images[0])
+
+    score = demo.detect(image, "bottle", checkpoint=str(copy))[1]
+    other = demo.detector(str(copy))
+
+    assert score == demo.detect(image, "bottle")[1]
+    assert demo.detector(str(copy)) is other and other is not golden_detector
+    assert other.model.clip is golden_detector.model.clip
+
+
+def test_start_checkpoint_is_listed_first_with_the_published_ones(golden_detector):
+    demo = app.Demo(golden_detector)
+
+    assert demo.choices[0] == golden_detector.checkpoint
+    assert {"all", "mvtec-colondb", "visa-clinicdb"} <= set(demo.choices)
+
+
+def test_detect_many_scores_good_files_and_reports_bad_ones(
+    demo, golden_detector, golden_images, tmp_path
+):
+    bad = write_bad_uploads(tmp_path)
+    files = [str(golden_images[0]), str(bad["not an image"]), str(golden_images[2])]
+
+    gallery, rows, csv_path = demo.detect_many(files, "bottle", threshold=0.5)
+
+    expected = [golden_detector.predict(files[i], "bottle").score for i in (0, 2)]
+    assert [r[0] for r in rows] == [Path(f).name for f in files]
+    assert [rows[0][2], rows[2][2]] == pytest.approx(expected, abs=1e-6)
+    assert rows[1][2] is None and "not an image" in rows[1][4]
+    assert str(tmp_path) not in rows[1][4]
+    assert len(gallery) == 2 and max(gallery[0][0].shape[:2]) <= app.GALLERY_SIDE
+    with open(csv_path, newline="") as handle:
+        table = list(csv.reader(handle))
+    assert table[0] == app.TABLE_HEADERS and len(table) == 4
+    assert float(table[1][2]) == pytest.approx(expected[0], abs=1e-6)
+
+
+def test_detect_many_needs_files_and_caps_their_number(demo, golden_images, monkeypatch):
+    with pytest.raises(gr.Error, match="add one or more"):
+        demo.detect_many([], "bottle")
+    monkeypatch.setattr(app, "MAX_BATCH_IMAGES", 2)
+    with pytest.raises(gr.Error, match="at most 2 images"):
+        demo.detect_many([str(p) for p in golden_images[:3]], "bottle")
+
+
+def test_concurrent_requests_do_not_mix_results(demo, golden_detector, golden_images):
+    names = ["bottle", "tile", "gravel", "brain"]
+    jobs = [(str(golden_images[i % 4]), names[i % 4]) for i in range(8)]
+    expected = [golden_detector.predict(p, n).score for p, n in jobs]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        scores = list(pool.map(lambda job: demo.detect(*job)[1], jobs))
+
+    assert scores == pytest.approx(expected, abs=1e-6)
+
+
+def test_heatmap_panel_has_a_scale_from_hot_to_cold():
+    anomaly_map = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (32, 1))
+
+    panel = app.heatmap_panel(anomaly_map, 0.5)
+
+    assert panel.shape == (app.HEATMAP_HEIGHT, 2 * app.HEATMAP_HEIGHT + 96, 3)
+    bar_x = 2 * app.HEATMAP_HEIGHT + 16 + 12
+    top, bottom = panel[5, bar_x], panel[-5, bar_x]
+    assert top[0] > 100 and top[2] < 50  # red at 1
+    assert bottom[2] > 100 and bottom[0] < 50  # blue at 0
+
+
+def test_uploaded_image_passes_the_file_on_undecoded(tmp_path):
+    component = app.UploadedImage(type="filepath", image_mode=None, render=False)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    data = base64.b64encode(b"\x89PNG fake").decode()
+
+    assert component.preprocess(ImageData(path=str(text))) == str(text)
+    assert component.preprocess(ImageData(url=f"data:image/png;base64,{data}")) == b"\x89PNG fake"
+    assert component.preprocess(None) is None
+    with pytest.raises(gr.Error, match="base64"):
+        component.preprocess(ImageData(url="data:image/png;base64,@@@"))
+
+
+def test_page_exposes_detect_with_image_and_class_name_first(demo):
+    info = app.build_demo(demo).get_api_info()["named_endpoints"]
+
+    detect = info["/detect"]
+    params = [(p["parameter_name"], p["parameter_has_default"]) for p in detect["parameters"]]
+    assert params == [
+        ("image", False),
+        ("class_name", True),
+        ("threshold", True),
+        ("checkpoint", True),
+    ]
+    assert [r["component"] for r in detect["returns"][:2]] == ["Image", "Number"]
+    assert "/detect_many" in info
+
+
+def test_options_come_from_flags_then_environment_then_defaults():
+    env = {"ADACLIP_CHECKPOINT": "visa-clinicdb", "ADACLIP_PORT": "9000", "ADACLIP_SHARE": "true"}
+
+    from_env = app.build_parser(env).parse_args([])
+    flagged = app.build_parser(env).parse_args(["--port", "9100", "--checkpoint", "x.pth"])
+    plain = app.build_parser({}).parse_args([])
+    space = app.build_parser({"SPACE_ID": "someone/adaclip"}).parse_args([])
+
+    assert (from_env.checkpoint, from_env.port, from_env.share) == ("visa-clinicdb", 9000, True)
+    assert (flagged.checkpoint, flagged.port) == ("x.pth", 9100)
+    assert (plain.checkpoint, plain.host, plain.port, plain.share) == (
+        "all",
+        "127.0.0.1",
+        None,
+        False,
+    )
+    assert (plain.backbone, plain.image_size) == ("ViT-L-14-336", 518)
+    assert (space.host, space.port) == ("0.0.0.0", 7860)
+
+
+def test_examples_exist_with_class_names():
+    for file, class_name in app.EXAMPLES:
+        path = app.EXAMPLES_DIR / file
+        assert path.is_file() and path.stat().st_size < 300_000
+        assert class_name and class_name in (app.EXAMPLES_DIR / "README.md").read_text()
