@@ -9,7 +9,13 @@ Build a :class:`Detector` once and call it on images::
 """
 
 from adaclip.backbone import load_backbone
-from adaclip.checkpoints import read_state, resolve_checkpoint, save_checkpoint
+from adaclip.checkpoints import (
+    CHECKPOINTS,
+    PublishedCheckpoint,
+    read_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from adaclip.config import AdaCLIPConfig
 from adaclip.detector import Detector, Failure, Prediction
 from adaclip.errors import AdaCLIPError, CheckpointError, ClassNameError, HubError, ImageError
@@ -17,6 +23,7 @@ from adaclip.images import load_image
 from adaclip.model import AdaCLIP
 
 __all__ = [
+    "CHECKPOINTS",
     "AdaCLIP",
     "AdaCLIPConfig",
     "AdaCLIPError",
@@ -27,6 +34,7 @@ __all__ = [
     "HubError",
     "ImageError",
     "Prediction",
+    "PublishedCheckpoint",
     "load_backbone",
     "load_image",
     "read_state",

@@ -1,35 +1,492 @@
-"""AdaCLIP checkpoints: where they come from, safe loading, strict checking, saving."""
+"""AdaCLIP checkpoints: the published registry, Hub downloads, safe loading, checking, saving.
+
+This is the only module that touches the network. Every download goes through
+``huggingface_hub.hf_hub_download`` into the standard Hugging Face cache
+(``HF_HUB_CACHE``, else ``HF_HOME/hub``), so a file is fetched once and later
+runs, ``HF_HUB_OFFLINE=1`` ones included, read it from there. ``HF_ENDPOINT``,
+``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` are read at each call, not
+at import.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2
+import open_clip
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import (
+    FileMetadataError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
-from adaclip.errors import CheckpointError
+from adaclip.errors import CheckpointError, HubError
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "clip_model."
 """Key prefix of every tensor in a reference-format checkpoint."""
 
+SPACE_REPO = "Caoyunkang/AdaCLIP"
+"""The authors' Hugging Face Space, which holds the published checkpoints."""
 
-def resolve_checkpoint(spec: str | Path) -> Path:
-    """Turns a checkpoint spec into a local file path.
+MIRROR_REPO = "cubert-gmbh/adaclip"
+"""A third-party model repo with byte-identical copies at its top level."""
+
+DEFAULT_CHECKPOINT = "all"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+REPO_TYPE_PREFIXES = {"spaces/": "space", "datasets/": "dataset", "models/": "model"}
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+"""The file names open_clip looks for in a Hub repo named without a file, safest first."""
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file in a Hugging Face Hub repository.
+
+    Attributes:
+        repo_id: ``OWNER/REPO``.
+        filename: The path inside the repository.
+        repo_type: ``model``, ``space`` or ``dataset``.
+        revision: A branch, tag or commit; ``None`` means ``main``.
+    """
+
+    repo_id: str
+    filename: str
+    repo_type: str = "model"
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        prefix = {"model": "", "space": "spaces/", "dataset": "datasets/"}[self.repo_type]
+        suffix = f"@{self.revision}" if self.revision else ""
+        return f"hf://{prefix}{self.repo_id}/{self.filename}{suffix}"
+
+
+@dataclass(frozen=True)
+class PublishedCheckpoint:
+    """One of the checkpoints the AdaCLIP authors released, and where to get it.
+
+    Attributes:
+        name: The short name used on the command line (``all``, ...).
+        trained_on: The auxiliary datasets it was trained on.
+        space_file: The file in the authors' Space, tried first.
+        mirror_file: The byte-identical copy in the mirror repo, tried when the Space fails.
+        sha256: The published digest; any other bytes are refused.
+        size_mb: Download size in megabytes (10**6 bytes).
+    """
+
+    name: str
+    trained_on: str
+    space_file: HubFile
+    mirror_file: HubFile
+    sha256: str
+    size_mb: float = 42.7
+
+    @property
+    def sources(self) -> tuple[HubFile, HubFile]:
+        """The places to fetch it from, in the order they are tried."""
+        return (self.space_file, self.mirror_file)
+
+
+def _published(name: str, trained_on: str, filename: str, sha256: str) -> PublishedCheckpoint:
+    """A registry entry for ``weights/<filename>`` in the Space and ``<filename>`` in the mirror."""
+    return PublishedCheckpoint(
+        name=name,
+        trained_on=trained_on,
+        space_file=HubFile(SPACE_REPO, f"weights/{filename}", repo_type="space"),
+        mirror_file=HubFile(MIRROR_REPO, filename),
+        sha256=sha256,
+    )
+
+
+CHECKPOINTS: dict[str, PublishedCheckpoint] = {
+    entry.name: entry
+    for entry in (
+        _published(
+            "all",
+            "all 14 industrial and medical datasets of the paper",
+            "pretrained_all.pth",
+            "33e8d3db1cb4aab030866b8b70a46e10aa27ebf2c23b5463cb07f2574addd98c",
+        ),
+        _published(
+            "mvtec-colondb",
+            "MVTec AD + ColonDB",
+            "pretrained_mvtec_colondb.pth",
+            "be51a42c052bd4cf060e54f503a1f5d0b2a3b899bc8dc2e243042f18b215427e",
+        ),
+        _published(
+            "visa-clinicdb",
+            "VisA + ClinicDB",
+            "pretrained_visa_clinicdb.pth",
+            "3deabbbaf1e412cfdfcb42923a500b986f4b9ee96ccbc7a735d89dbc87df44c8",
+        ),
+    )
+}
+"""The published checkpoints by name (METHOD.md section 9). All need ViT-L-14-336 at S=518."""
+
+
+def hub_endpoint() -> str:
+    """The Hub address: ``HF_ENDPOINT`` as it is now, else huggingface_hub's default."""
+    return (os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face cache folder: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, as set now."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        folder = env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]
+    elif env.get("HF_HOME"):
+        folder = os.path.join(env["HF_HOME"], "hub")
+    else:
+        folder = hf_constants.HF_HUB_CACHE
+    return Path(os.path.expandvars(folder)).expanduser()
+
+
+def is_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) forbids network calls now."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    if value is None:
+        return hf_constants.HF_HUB_OFFLINE
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def parse_hub_spec(spec: str) -> HubFile:
+    """Parses ``hf://[spaces/|datasets/]OWNER/REPO/PATH[@REVISION]``.
 
     Raises:
-        CheckpointError: The spec names no existing file.
+        CheckpointError: The spec has no repository or no file path.
     """
-    path = Path(spec).expanduser()
+    rest = spec.removeprefix("hf://")
+    repo_type = "model"
+    for prefix, kind in REPO_TYPE_PREFIXES.items():
+        if rest.startswith(prefix):
+            rest, repo_type = rest.removeprefix(prefix), kind
+    revision = None
+    if "@" in rest and "/" not in rest.rsplit("@", 1)[1]:
+        rest, revision = rest.rsplit("@", 1)
+    parts = rest.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise CheckpointError(
+            f"cannot read the Hub spec {spec!r}: write hf://OWNER/REPO/PATH[@REVISION] for a model "
+            "repo, hf://spaces/OWNER/REPO/PATH or hf://datasets/OWNER/REPO/PATH for the others."
+        )
+    return HubFile("/".join(parts[:2]), "/".join(parts[2:]), repo_type, revision or None)
+
+
+def hub_download(file: HubFile) -> Path:
+    """Finds ``file`` in the cache or downloads it there (with a progress bar).
+
+    Concurrent requests for the same file, from threads or processes, download it
+    once: ``hf_hub_download`` holds a lock file per blob.
+
+    Returns:
+        The file's path inside the cache.
+
+    Raises:
+        HubError: The file could not be had; the message says why and what to do.
+    """
+    offline = is_offline()
+    try:
+        path = hf_hub_download(
+            file.repo_id,
+            file.filename,
+            repo_type=file.repo_type,
+            revision=file.revision,
+            cache_dir=hub_cache_dir(),
+            endpoint=hub_endpoint(),
+            local_files_only=offline,
+            library_name="adaclip",
+        )
+    except (OSError, ValueError, httpx2.HTTPError) as err:
+        raise HubError(explain_hub_failure(err, file, offline)) from err
+    logger.debug("%s is at %s", file, path)
+    return Path(path)
+
+
+def explain_hub_failure(err: Exception, file: HubFile, offline: bool) -> str:
+    """Turns a huggingface_hub or network exception into what happened and what to do."""
+    endpoint = hub_endpoint()
+    local = "or pass a local file instead"
+    if isinstance(err, LocalEntryNotFoundError) and offline:
+        return (
+            f"{file} is not in the cache ({hub_cache_dir()}) and HF_HUB_OFFLINE=1 forbids "
+            "downloading it. Run `python -m adaclip download` where the network is reachable "
+            f"(with the same HF_HOME), unset HF_HUB_OFFLINE, {local}."
+        )
+    if isinstance(err, LocalEntryNotFoundError):
+        return (
+            f"could not reach the Hub at {endpoint} for {file} ({_network_reason(err.__cause__)}) "
+            "and it is not in the cache. Check the connection or HF_ENDPOINT and try again, "
+            f"pre-fetch it with `python -m adaclip download` elsewhere, {local}."
+        )
+    if isinstance(err, GatedRepoError):
+        return (
+            f"{file.repo_type} repo {file.repo_id} is gated: accept its terms on the Hub and log "
+            f"in (HF_TOKEN), {local}."
+        )
+    if isinstance(err, RepositoryNotFoundError):
+        return (
+            f"{file.repo_type} repo {file.repo_id} was not found on {endpoint} (or is private). "
+            "Check the name; Spaces are hf://spaces/OWNER/REPO/PATH and datasets "
+            f"hf://datasets/OWNER/REPO/PATH; log in (HF_TOKEN) for private repos, {local}."
+        )
+    if isinstance(err, RevisionNotFoundError):
+        return (
+            f"revision {file.revision!r} does not exist in {file.repo_type} repo {file.repo_id}. "
+            f"Check the branch, tag or commit after '@', {local}."
+        )
+    if isinstance(err, RemoteEntryNotFoundError):
+        return (
+            f"{file.repo_type} repo {file.repo_id} has no file {file.filename!r} at revision "
+            f"{file.revision or 'main'}. Check the path, {local}."
+        )
+    return _transfer_failure(err, file, local)
+
+
+def _transfer_failure(err: Exception, file: HubFile, local: str) -> str:
+    """Explains failures during the transfer itself: server errors, cuts, timeouts, full disks."""
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        return (
+            f"the Hub at {hub_endpoint()} answered HTTP {err.response.status_code} while sending "
+            f"{file}. Try again later, {local}."
+        )
+    if isinstance(err, (httpx2.HTTPError, FileMetadataError)) or "Consistency check" in str(err):
+        return (
+            f"the download of {file} failed ({_network_reason(err)}); nothing of it was kept. "
+            f"Try again, set HF_HUB_OFFLINE=1 to use only cached files, {local}."
+        )
+    if isinstance(err, HFValidationError):
+        return f"{file} does not name a valid Hub repository: {err}"
+    return (
+        f"could not store {file} in the cache {hub_cache_dir()}: {err}. Check its space and rights."
+    )
+
+
+def _network_reason(err: BaseException | None) -> str:
+    """A short phrase for why a transfer failed."""
+    if isinstance(err, httpx2.TimeoutException):
+        return "the connection timed out"
+    if isinstance(err, httpx2.ConnectError):
+        return "could not connect"
+    if isinstance(err, httpx2.RemoteProtocolError):
+        return "the server closed the connection before the whole file arrived"
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        return f"the server answered HTTP {err.response.status_code}"
+    if isinstance(err, FileMetadataError):
+        return "the server does not look like a Hugging Face Hub endpoint"
+    if err is not None and "Consistency check" in str(err):
+        return "the file arrived truncated: " + str(err).split(" (", 1)[0]
+    return str(err) if err is not None else "unknown network error"
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """Turns a checkpoint spec into a local file, downloading it on first use.
+
+    Args:
+        spec: A published name (see ``CHECKPOINTS``), ``hf://[spaces/|datasets/]OWNER/REPO/PATH
+            [@REVISION]`` or the path of a local ``.pth``/``.pt``/``.safetensors`` file.
+
+    Returns:
+        The local file; Hub files live in the Hugging Face cache.
+
+    Raises:
+        CheckpointError: The spec names nothing usable, or a published file fails its checksum.
+        HubError: The Hub could not deliver the file.
+    """
+    text = str(spec)
+    if text in CHECKPOINTS:
+        return fetch_published(CHECKPOINTS[text])
+    if text.startswith("hf://"):
+        return hub_download(_checked_suffix(parse_hub_spec(text)))
+    path = Path(text).expanduser()
     if path.is_file():
         return path
     raise CheckpointError(
-        f"checkpoint {str(spec)!r} is not an existing file. Give the path of a .pth, .pt "
-        "or .safetensors AdaCLIP checkpoint."
+        f"checkpoint {text!r} is not a published name ({', '.join(CHECKPOINTS)}), not an hf:// "
+        "spec and not an existing file. Give one of those; `python -m adaclip checkpoints` "
+        "lists the published ones."
     )
+
+
+def _checked_suffix(file: HubFile) -> HubFile:
+    """Refuses, before any download, Hub files that cannot be AdaCLIP checkpoints."""
+    if not file.filename.endswith(CHECKPOINT_SUFFIXES):
+        raise CheckpointError(
+            f"{file} is not a checkpoint file: the path must end in "
+            f"{', '.join(CHECKPOINT_SUFFIXES)}."
+        )
+    return file
+
+
+def fetch_published(entry: PublishedCheckpoint) -> Path:
+    """Gets a published checkpoint from the Space, else the mirror, and checks its sha256.
+
+    Raises:
+        CheckpointError: Neither source gave the published bytes (a checksum was wrong).
+        HubError: Neither source could deliver the file.
+    """
+    problems: list[CheckpointError] = []
+    for file in entry.sources:
+        try:
+            path = hub_download(file)
+            verify_sha256(path, entry.sha256, file)
+        except CheckpointError as err:
+            if file != entry.sources[-1]:
+                logger.warning("%s Trying %s next.", err, entry.sources[-1])
+            problems.append(err)
+            continue
+        return path
+    raise _unavailable(entry, problems)
+
+
+def _unavailable(entry: PublishedCheckpoint, problems: list[CheckpointError]) -> CheckpointError:
+    """The error for a published checkpoint that no source delivered intact."""
+    details = "\n".join(f"  - {err}" for err in problems)
+    message = (
+        f"could not get the published checkpoint {entry.name!r} from the Space or the mirror:\n"
+        f"{details}"
+    )
+    if all(isinstance(err, HubError) for err in problems):
+        return HubError(message)
+    return CheckpointError(message)
+
+
+def verify_sha256(path: Path, expected: str, file: HubFile) -> None:
+    """Checks a downloaded file's digest; a mismatch removes it from the cache.
+
+    Raises:
+        CheckpointError: The digest differs; the message gives both.
+    """
+    got = file_sha256(path)
+    if got == expected:
+        logger.info("%s: sha256 verified (%s)", file, path)
+        return
+    _forget_cached(path)
+    raise CheckpointError(
+        f"{file} failed its checksum: sha256 {got} differs from the published {expected}. "
+        "The file was removed from the cache and not used. Try again later, or download the "
+        "file yourself, check its sha256 and pass it as a local file."
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _forget_cached(path: Path) -> None:
+    """Deletes a cached file and the blob its snapshot link points to."""
+    blob = path.resolve()
+    try:
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+    except OSError as err:
+        logger.warning("could not delete the rejected file %s: %s; delete it by hand", blob, err)
+
+
+def cached_checkpoint(entry: PublishedCheckpoint) -> Path | None:
+    """Where a published checkpoint already lies in the cache, without any network call."""
+    for file in entry.sources:
+        path = _cached(file)
+        if path is not None:
+            return path
+    return None
+
+
+def _cached(file: HubFile) -> Path | None:
+    """The cached copy of ``file`` at its revision, or ``None``."""
+    found = try_to_load_from_cache(
+        file.repo_id,
+        file.filename,
+        cache_dir=hub_cache_dir(),
+        revision=file.revision,
+        repo_type=file.repo_type,
+    )
+    return Path(found) if isinstance(found, str) else None
+
+
+def backbone_files(name: str, pretrained: str) -> list[HubFile]:
+    """The Hub files open_clip would load for ``name`` with tag ``pretrained``, best first.
+
+    Raises:
+        CheckpointError: open_clip knows no Hub weights for that model and tag.
+    """
+    hub = open_clip.get_pretrained_cfg(name, pretrained).get("hf_hub", "")
+    if not hub:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise CheckpointError(
+            f"open_clip has no Hub weights for backbone {name!r} with tag {pretrained!r} (its "
+            f"tags: {tags}). Pick a listed tag or pass --backbone-weights with a local file."
+        )
+    repo_id, _, filename = hub.rpartition("/")  # "org/name/" has no file: open_clip's defaults
+    names = _safe_first(filename) if filename else list(OPEN_CLIP_WEIGHTS)
+    return [HubFile(repo_id, n) for n in names]
+
+
+def _safe_first(filename: str) -> list[str]:
+    """A ``.safetensors`` twin first (as open_clip tries it), then the file itself."""
+    stem, suffix = os.path.splitext(filename)
+    if suffix in (".bin", ".pth"):
+        return [stem + ".safetensors", filename]
+    return [filename]
+
+
+def fetch_backbone(name: str, pretrained: str) -> Path:
+    """Downloads (or finds cached) the backbone weights open_clip names for ``name``/``pretrained``.
+
+    Tries the ``.safetensors`` file first, then the pickle, as open_clip itself does.
+
+    Returns:
+        The local weights file, for ``open_clip.create_model(name, pretrained=path)``.
+
+    Raises:
+        CheckpointError: The model or tag has no Hub weights.
+        HubError: The Hub could not deliver any of its weight files.
+    """
+    files = backbone_files(name, pretrained)
+    for file in files[:-1]:
+        try:
+            return hub_download(file)
+        except HubError as err:
+            if not _absent(err):
+                raise
+            logger.debug("%s is not available (%s); trying the next file", file, err)
+    return hub_download(files[-1])
+
+
+def _absent(err: HubError) -> bool:
+    """Whether a download failed only because that file does not exist (or is not cached)."""
+    cause = err.__cause__
+    return isinstance(cause, RemoteEntryNotFoundError) or (
+        isinstance(cause, LocalEntryNotFoundError) and is_offline()
+    )
+
+
+def cached_backbone(name: str, pretrained: str) -> Path | None:
+    """Where the backbone weights already lie in the cache, without any network call."""
+    for file in backbone_files(name, pretrained):
+        path = _cached(file)
+        if path is not None:
+            return path
+    return None
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:

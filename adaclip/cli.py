@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adaclip.backbone import DEFAULT_BACKBONE
+from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED
 from adaclip.detector import PRECISIONS, Detector, Failure
 from adaclip.errors import AdaCLIPError
 from adaclip.images import IMAGE_SUFFIXES, list_images
@@ -190,6 +190,89 @@ def _progress(total: int, desc: str = "scoring") -> _Progress:
     return _Progress(total, desc)
 
 
+def _add_download(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "download",
+        help="fetch checkpoints and the backbone into the Hugging Face cache",
+        description="Pre-fetch weights for offline use (air-gapped machines, Space builds). "
+        "Without options it fetches the 'all' checkpoint and the default backbone. Files go to "
+        "the Hugging Face cache (HF_HOME, HF_HUB_CACHE); later runs work with HF_HUB_OFFLINE=1.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        dest="checkpoints",
+        metavar="SPEC",
+        help="published name, hf://OWNER/REPO/PATH[@REVISION] or local file; repeatable",
+    )
+    parser.add_argument(
+        "--backbone",
+        help=f"open_clip model name whose weights to fetch (default alone: {DEFAULT_BACKBONE})",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=DEFAULT_PRETRAINED,
+        help=f"open_clip pretrained tag of the backbone (default: {DEFAULT_PRETRAINED})",
+    )
+    parser.set_defaults(handler=run_download)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Fetches and checks each asked-for checkpoint and backbone; prints where they are."""
+    from adaclip.checkpoints import (
+        DEFAULT_CHECKPOINT,
+        fetch_backbone,
+        hub_cache_dir,
+        read_state,
+        resolve_checkpoint,
+    )
+
+    specs = args.checkpoints or ([] if args.backbone else [DEFAULT_CHECKPOINT])
+    backbone = args.backbone or (None if args.checkpoints else DEFAULT_BACKBONE)
+    for spec in specs:
+        path = resolve_checkpoint(spec)
+        sys.stdout.write(f"checkpoint {spec}: {path} ({len(read_state(path))} tensors)\n")
+    if backbone:
+        path = fetch_backbone(backbone, args.pretrained)
+        sys.stdout.write(f"backbone {backbone} ({args.pretrained}): {path}\n")
+    sys.stdout.write(f"cache: {hub_cache_dir()}\n")
+    return 0
+
+
+def _add_checkpoints(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "checkpoints",
+        help="list the published checkpoints and whether each is cached",
+        description="List the published AdaCLIP checkpoints, what they were trained on, their "
+        "size and whether each is already in the Hugging Face cache (no network access).",
+    )
+    parser.set_defaults(handler=run_checkpoints)
+
+
+def run_checkpoints(args: argparse.Namespace) -> int:
+    """Prints the published checkpoints as a table, and the backbone's cache state."""
+    from adaclip.checkpoints import CHECKPOINTS, cached_backbone, cached_checkpoint, hub_cache_dir
+
+    rows = [("name", "trained on", "size", "cached")]
+    for entry in CHECKPOINTS.values():
+        cached = "yes" if cached_checkpoint(entry) else "no"
+        rows.append((entry.name, entry.trained_on, f"{entry.size_mb:.1f} MB", cached))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[3] for row in rows
+    ]
+    backbone = "yes" if cached_backbone(DEFAULT_BACKBONE, DEFAULT_PRETRAINED) else "no"
+    lines += [
+        "",
+        f"backbone {DEFAULT_BACKBONE} ({DEFAULT_PRETRAINED}, about 1.7 GB): cached {backbone}",
+        f"cache: {hub_cache_dir()}",
+        "All were trained at --image-size 518 on the ViT-L-14-336 backbone. Fetch them ahead "
+        "with `python -m adaclip download --checkpoint NAME`.",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -198,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_predict(subparsers)
+    _add_download(subparsers)
+    _add_checkpoints(subparsers)
     return parser
 
 
