@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 
 def fuse_patches(
@@ -45,7 +46,10 @@ def _mean_of_centres(points: np.ndarray, n_clusters: int, seed: int, num_layers:
     A cluster's centre is the mean of its members' features over all layers, so each
     member contributes ``num_layers`` vectors of width ``E``.
     """
-    labels = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed).fit_predict(points)
+    # A hundred points fit in one of scikit-learn's chunks, so extra threads only add start-up
+    # and spin-wait costs (about 10x slower here) without changing the result.
+    with threadpool_limits(limits=1):
+        labels = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed).fit_predict(points)
     k, width = points.shape
     per_layer = points.reshape(k, num_layers, width // num_layers)  # (k, N*E) -> (k, N, E)
     centres = [per_layer[labels == c].mean(axis=(0, 1)) for c in np.unique(labels)]
