@@ -25,7 +25,6 @@ from pathlib import Path
 import cv2
 import gradio as gr
 import numpy as np
-from gradio.data_classes import ImageData
 
 from adaclip import checkpoints, prompts, render
 from adaclip.cli import add_model_options, configure_logging, detector_from_args
@@ -57,28 +56,31 @@ HEATMAP_HEIGHT = 512
 DetectOutputs = tuple[np.ndarray, float, str, np.ndarray, np.ndarray, str]
 
 
-class UploadedImage(gr.Image):
-    """An image input that hands the handler the uploaded file untouched.
+def upload_source(payload: dict | None) -> str | bytes | None:
+    """What the ``/detect`` event received for the image, as adaclip input.
 
-    ``gr.Image`` opens every upload with PIL before the handler runs, which would bypass
-    the size and format checks of :func:`adaclip.images.load_image`; this one passes the
-    file path (or the bytes of a ``data:`` URL) on, so adaclip decodes it once, safely.
+    The event runs with ``preprocess=False``: ``gr.Image`` would otherwise open every upload
+    with PIL before the handler, bypassing the size and format checks of
+    :func:`adaclip.images.load_image` and answering bad files with PIL's own errors. Gradio
+    still moves the upload into its cache and checks it came from there.
+
+    Args:
+        payload: Gradio's image data, a dict with ``path`` and ``url``.
+
+    Returns:
+        The uploaded file's path, the bytes of a base64 ``data:`` URL, or ``None``.
     """
-
-    is_template = True  # rendered by the frontend's ordinary Image component
-
-    def preprocess(self, payload: ImageData | None) -> str | bytes | None:
-        """The uploaded file's path, or the decoded bytes of a base64 ``data:`` URL."""
-        if payload is None:
-            return None
-        if payload.path is not None:
-            return payload.path
-        if payload.url and payload.url.startswith("data:"):
-            try:
-                return base64.b64decode(payload.url.partition(",")[2], validate=True)
-            except (binascii.Error, ValueError) as err:
-                raise gr.Error("the pasted image is not valid base64 data; upload a file.") from err
-        raise gr.Error("the image arrived without a file or data; upload it again.")
+    if payload is None:
+        return None
+    if payload.get("path"):
+        return payload["path"]
+    url = payload.get("url") or ""
+    if url.startswith("data:"):
+        try:
+            return base64.b64decode(url.partition(",")[2], validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise gr.Error("the pasted image is not valid base64 data; upload a file.") from err
+    raise gr.Error("the image arrived without a file or data; upload it again.")
 
 
 class Demo:
@@ -143,21 +145,26 @@ class Demo:
             gr.Error: The image, class name, threshold or checkpoint is unusable; the
                 message says why.
         """
-        return self.detect_for_page(image, class_name, threshold, checkpoint)[:6]
+        return self._outputs(image, class_name, threshold, checkpoint)[:6]
 
     def detect_for_page(
         self,
-        image: ImageInput | None,
+        image: dict | None,
         class_name: str | None = None,
         threshold: float = DEFAULT_THRESHOLD,
         checkpoint: str | None = None,
     ) -> tuple[np.ndarray, float, str, np.ndarray, np.ndarray, str, Prediction]:
         """Scores one image for the page and the ``/detect`` endpoint (see :meth:`detect`).
 
-        Also returns the :class:`Prediction`, which the page keeps in the session so that
-        moving the threshold re-draws the verdict and the regions without a model run; API
-        clients do not receive it.
+        Takes Gradio's raw image data (see :func:`upload_source`) and also returns the
+        :class:`Prediction`, which the page keeps in the session so that moving the
+        threshold re-draws the verdict and the regions without a model run; API clients do
+        not receive it.
         """
+        return self._outputs(upload_source(image), class_name, threshold, checkpoint)
+
+    def _outputs(self, image, class_name, threshold, checkpoint):
+        """Runs :meth:`_predict` and renders every output, the prediction last."""
         prediction, seconds, detector = self._predict(image, class_name, threshold, checkpoint)
         verdict, outlined = self.apply_threshold(prediction, threshold)
         timing = (
@@ -383,6 +390,15 @@ def _downsize(image: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+def _choice_label(checkpoint: str) -> str:
+    """How the checkpoint menu shows a spec: what a published one was trained on, else the file."""
+    entry = getattr(checkpoints, "CHECKPOINTS", {}).get(checkpoint)
+    trained_on = getattr(entry, "trained_on", None)
+    if checkpoint in PUBLISHED:
+        return f"{checkpoint} (trained on {trained_on})" if trained_on else checkpoint
+    return f"{_label(checkpoint)} (local file)"
+
+
 def _label(checkpoint: str | None) -> str:
     """A short name for a checkpoint spec: published names as they are, files by file name."""
     if checkpoint is None:
@@ -448,7 +464,7 @@ def build_demo(demo: Demo) -> gr.Blocks:
 
 def _checkpoint_dropdown(demo: Demo) -> gr.Dropdown:
     return gr.Dropdown(
-        choices=[(_label(c), c) for c in demo.choices],
+        choices=[(_choice_label(c), c) for c in demo.choices],
         value=demo.default_checkpoint,
         label="Checkpoint",
         info="Published AdaCLIP weights; others are downloaded on first use.",
@@ -467,7 +483,7 @@ def _single_image_tab(demo: Demo) -> None:
     kept = gr.State()
     with gr.Row():
         with gr.Column(scale=2):
-            image = UploadedImage(
+            image = gr.Image(
                 label="Image (drop, paste or webcam)",
                 sources=["upload", "clipboard", "webcam"],
                 type="filepath",
@@ -506,8 +522,9 @@ def _single_image_tab(demo: Demo) -> None:
                     timing = gr.Markdown(label="Timing", elem_id="timing")
     outputs = [overlay, score, verdict, heatmap, outlined, timing, kept]
     run.click(
-        demo.detect_for_page, [image, class_name, threshold, checkpoint], outputs, api_name="detect"
-    )
+        demo.detect_for_page, [image, class_name, threshold, checkpoint], outputs,
+        api_name="detect", preprocess=False,
+    )  # fmt: skip
     threshold.release(
         demo.apply_threshold, [kept, threshold], [verdict, outlined], api_visibility="private"
     )

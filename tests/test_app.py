@@ -18,7 +18,6 @@ from app_helpers import (
     write_bomb,
     write_odd_images,
 )
-from gradio.data_classes import ImageData
 
 from adaclip.errors import HubError
 
@@ -243,17 +242,26 @@ def test_heatmap_panel_has_a_scale_from_hot_to_cold():
     assert bottom[2] > 100 and bottom[0] < 50  # blue at 0
 
 
-def test_uploaded_image_passes_the_file_on_undecoded(tmp_path):
-    component = app.UploadedImage(type="filepath", image_mode=None, render=False)
+def test_upload_source_passes_the_file_on_undecoded(tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     data = base64.b64encode(b"\x89PNG fake").decode()
 
-    assert component.preprocess(ImageData(path=str(text))) == str(text)
-    assert component.preprocess(ImageData(url=f"data:image/png;base64,{data}")) == b"\x89PNG fake"
-    assert component.preprocess(None) is None
+    assert app.upload_source({"path": str(text), "url": None}) == str(text)
+    assert (
+        app.upload_source({"path": None, "url": f"data:image/png;base64,{data}"}) == b"\x89PNG fake"
+    )
+    assert app.upload_source(None) is None
     with pytest.raises(gr.Error, match="base64"):
-        component.preprocess(ImageData(url="data:image/png;base64,@@@"))
+        app.upload_source({"path": None, "url": "data:image/png;base64,@@@"})
+
+
+def test_page_handler_takes_gradio_image_data(demo, golden_images):
+    path = str(golden_images[0])
+
+    *outputs, prediction = demo.detect_for_page({"path": path}, "bottle")
+
+    assert outputs[1] == prediction.score == demo.detect(path, "bottle")[1]
 
 
 def test_page_exposes_detect_with_image_and_class_name_first(demo):

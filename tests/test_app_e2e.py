@@ -1,0 +1,157 @@
+"""The demo as a user's client sees it: ``python app.py`` on 127.0.0.1, driven by gradio_client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from app_helpers import BAD_UPLOAD_MESSAGES, REPO, free_port, write_bad_uploads, write_odd_images
+from gradio_client import Client, handle_file
+
+START_TIMEOUT_S = 120
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
+    """Polls ``url`` until it answers; fails with the server's log if it dies or times out."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"app.py exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    pytest.fail(f"app.py did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server_url(golden_cli_args, tmp_path_factory) -> Iterator[str]:
+    """``python app.py`` with the golden tiny model on a free port, stopped afterwards."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(REPO / "app.py"), *golden_cli_args]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def client(server_url) -> Client:
+    return Client(server_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def golden_images(golden_dir: Path) -> list[Path]:
+    return sorted((golden_dir / "images").iterdir())
+
+
+def test_detect_gives_the_library_score_and_an_overlay(client, golden_detector, golden_images):
+    expected = golden_detector.predict(str(golden_images[0]), "bottle")
+
+    overlay, score, verdict, heatmap, outlined, timing = client.predict(
+        handle_file(str(golden_images[0])), "bottle", api_name="/detect"
+    )
+
+    assert abs(score - expected.score) < 1e-5
+    assert Path(overlay).is_file() and Path(heatmap).is_file() and Path(outlined).is_file()
+    assert f"{expected.score:.4f}" in verdict and "Scored in" in timing
+
+
+def test_only_image_and_class_name_are_needed(client, golden_detector, golden_images):
+    result = client.predict(image=handle_file(str(golden_images[1])), api_name="/detect")
+
+    assert abs(result[1] - golden_detector.predict(str(golden_images[1])).score) < 1e-5
+    assert "`object`" in result[2]
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_UPLOAD_MESSAGES))
+def test_bad_uploads_get_clear_errors_and_the_app_keeps_serving(
+    client, tmp_path, kind, golden_images
+):
+    bad = write_bad_uploads(tmp_path)[kind]
+
+    with pytest.raises(Exception, match=BAD_UPLOAD_MESSAGES[kind]) as caught:
+        client.predict(handle_file(str(bad)), "bottle", api_name="/detect")
+
+    assert "/tmp/gradio" not in str(caught.value)
+    assert client.predict(handle_file(str(golden_images[2])), "gravel", api_name="/detect")[1] > 0
+
+
+def test_upload_over_the_size_limit_is_refused(client, tmp_path, golden_images):
+    big = tmp_path / "big.png"
+    big.write_bytes(golden_images[0].read_bytes() + b"\0" * (21 * 2**20))
+
+    with pytest.raises(Exception, match="(?i)size|large|limit|413"):
+        client.predict(handle_file(str(big)), "bottle", api_name="/detect")
+
+
+def test_odd_but_valid_images_just_work(client, golden_detector, tmp_path):
+    for kind, path in write_odd_images(tmp_path).items():
+        score = client.predict(handle_file(str(path)), "", api_name="/detect")[1]
+        assert abs(score - golden_detector.predict(str(path)).score) < 1e-5, kind
+
+
+def test_eight_concurrent_clients_each_get_their_own_result(
+    server_url, golden_detector, golden_images, tmp_path
+):
+    odd = list(write_odd_images(tmp_path).values())
+    examples = sorted((REPO / "examples").glob("*.[pj][np]g"))
+    images = (golden_images + odd + examples)[:8]
+    names = ["bottle", "tile", "gravel", "brain", "object", "object", "object", "brick"]
+    expected = [golden_detector.predict(str(p), n).score for p, n in zip(images, names)]
+    scores: list[float | None] = [None] * 8
+    errors: list[BaseException] = []
+
+    def one_client(i: int) -> None:
+        try:
+            own = Client(server_url, verbose=False)
+            scores[i] = own.predict(handle_file(str(images[i])), names[i], api_name="/detect")[1]
+        except Exception as err:  # collected and reported by the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert not errors, errors
+    assert len(set(map(str, images))) == 8
+    for i in range(8):
+        assert abs(scores[i] - expected[i]) < 1e-5, (images[i], scores[i], expected[i])
+
+
+def test_many_images_endpoint_returns_table_and_csv(
+    client, golden_detector, golden_images, tmp_path
+):
+    bad = write_bad_uploads(tmp_path)["empty"]
+    files = [handle_file(str(golden_images[0])), handle_file(str(bad))]
+
+    gallery, table, csv_path = client.predict(files, "bottle", api_name="/detect_many")
+
+    rows = table["data"]
+    assert abs(rows[0][2] - golden_detector.predict(str(golden_images[0]), "bottle").score) < 1e-5
+    assert "empty" in rows[1][4]
+    assert len(gallery) == 1 and Path(csv_path).read_text().startswith("file,class name,score")
