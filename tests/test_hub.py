@@ -168,6 +168,27 @@ def test_published_checkpoint_is_verified_and_listed_as_cached(
     assert cached_checkpoint(golden_entry) == path
     assert hub.count("GET", "/spaces/tester/AdaCLIP/") == 1
     assert hub.count("HEAD", "adaclip-mirror") == 0
+    before = len(hub.requests)
+    assert resolve_checkpoint("golden") == path
+    assert len(hub.requests) == before
+
+
+def test_corrupted_cached_copy_is_refused_and_fetched_again(
+    hub: HubServer,
+    golden_entry: PublishedCheckpoint,
+    golden_bytes: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    serve(hub, golden_entry.space_file, golden_bytes)
+    path = resolve_checkpoint("golden")
+    path.resolve().write_bytes(tampered(golden_bytes))
+
+    with caplog.at_level(logging.WARNING, logger="adaclip"):
+        again = resolve_checkpoint("golden")
+
+    assert again.read_bytes() == golden_bytes
+    assert "cached copy refused" in caplog.text and "failed its checksum" in caplog.text
+    assert hub.count("GET", "/spaces/tester/AdaCLIP/") == 2
 
 
 def test_tampered_published_checkpoint_is_refused_and_forgotten(
@@ -386,8 +407,9 @@ def test_backbone_comes_from_open_clips_hub_repo(
     assert cached_backbone("ViT-L-14-336", "openai") == path
     assert hub.count("HEAD", "open_clip_model.safetensors") == 1
     assert hub.count("GET") == 1
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = len(hub.requests)
+    assert fetch_backbone("ViT-L-14-336", "openai") == path
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert fetch_backbone("ViT-L-14-336", "openai") == path
     assert len(hub.requests) == before
 
