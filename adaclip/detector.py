@@ -19,7 +19,7 @@ from adaclip.checkpoints import check_state, read_state, resolve_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.errors import AdaCLIPError
 from adaclip.images import MAX_PIXELS, ImageInput, describe, load_image, preprocess
-from adaclip.model import AdaCLIP
+from adaclip.model import AdaCLIP, cast_matmuls
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Detector:
         self.dtype = PRECISIONS[self.precision]
         self.max_pixels = max_pixels
         self.checkpoint = checkpoint
-        model.clip.to(dtype=self.dtype)
+        cast_matmuls(model.clip, self.dtype)
         self.model = model.to(self.device).eval()
 
     @property
@@ -227,7 +227,7 @@ class Detector:
             Scores ``(B,)`` and raw maps ``(B, S, S)``, float32 numpy.
         """
         started = time.perf_counter()
-        out = self.model(batch.to(self.device, self.dtype), list(class_names))
+        out = self.model(batch.to(self.device, torch.float32), list(class_names))
         logger.debug("forward of %d images in %.2f s", len(batch), time.perf_counter() - started)
         return out.scores.float().cpu().numpy(), out.maps.float().cpu().numpy()
 

@@ -110,7 +110,7 @@ class AdaCLIP(nn.Module):
         """Scores a batch of preprocessed images against their class names.
 
         Args:
-            images: Normalised images, ``(B, 3, S, S)``, in the backbone's dtype.
+            images: Normalised images, ``(B, 3, S, S)``, float32.
             class_names: One normalised class name per image.
 
         Returns:
@@ -121,7 +121,7 @@ class AdaCLIP(nn.Module):
             raise ValueError(f"need one class name per image; got {len(class_names)} for {B}.")
         tokens = self.clip.visual._embeds(images)  # (B, 1+L, Dv)
         pooled_plain = self.encode_image_plain(tokens)
-        visual_prompts, text_prompts = self.hybrid_prompts(pooled_plain, tokens.dtype)
+        visual_prompts, text_prompts = self.hybrid_prompts(pooled_plain)
         patch_tokens, pooled = self.encode_image_prompted(tokens, visual_prompts)
         text = self.encode_text(class_names, text_prompts).float()
 
@@ -162,18 +162,15 @@ class AdaCLIP(nn.Module):
         cls = block_forward(blocks[-1], x, queries=1)[:, 0]  # (B, Dv)
         return visual.ln_post(cls) @ visual.proj
 
-    def hybrid_prompts(
-        self, pooled: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def hybrid_prompts(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Static plus per-image dynamic prompts for every prompted block.
 
         Args:
             pooled: Plain image features ``g``, ``(B, E)``.
-            dtype: The backbone's compute dtype, which the prompts are cast to.
 
         Returns:
             Visual prompts ``(J, B, M, Dv)`` and text prompts ``(J, B, M, Dt)``: the fp32
-            sums rounded to float16 precision (as the reference does), then cast to ``dtype``.
+            sums rounded to float16 precision (as the reference does), held in float32.
         """
         pooled32 = pooled.float()
         result = []
@@ -182,7 +179,7 @@ class AdaCLIP(nn.Module):
             (self.dynamic_text_prompt_generator, self.text_prompter),
         ):
             dynamic = generator.stacked(pooled32)  # (B, M, D)
-            hybrid = [(dynamic + p.float()).half().to(dtype) for p in static.static_prompts]
+            hybrid = [(dynamic + p.float()).half().float() for p in static.static_prompts]
             result.append(torch.stack(hybrid))  # J x (B, M, D) -> (J, B, M, D)
         return result[0], result[1]
 
@@ -229,8 +226,8 @@ class AdaCLIP(nn.Module):
         S = tokens.shape[1]
         eot = prompts.eot_positions(tokens)  # (B, S)
         T = max(int(eot.max()) + 1, M + 1)  # exact: causal attention never looks past the EOT
-        x = clip.token_embedding(tokens[:, :, :T]).to(prompts_.dtype)  # (B, S, T, Dt)
-        x = (x + clip.positional_embedding[:T].to(x.dtype)).reshape(B * S, T, Dt)
+        x = clip.token_embedding(tokens[:, :, :T]).float()  # (B, S, T, Dt)
+        x = (x + clip.positional_embedding[:T]).reshape(B * S, T, Dt)
         for i, block in enumerate(clip.transformer.resblocks):
             if 0 < i < J:
                 prompt = prompts_[i].repeat_interleave(S, dim=0)  # (B, M, Dt) -> (B*S, M, Dt)
@@ -290,6 +287,10 @@ def block_forward(
 ) -> torch.Tensor:
     """One open_clip residual attention block, batch-first, with fused attention.
 
+    The residual stream and the layer norms stay in ``x``'s dtype (float32); the attention
+    and MLP run in the dtype of their weights, so a block cast with :func:`cast_matmuls`
+    computes its matrix products in bf16 or fp16 without rounding the stream itself.
+
     Args:
         block: An open_clip ``ResidualAttentionBlock``.
         x: Tokens, ``(B, T, D)``.
@@ -297,12 +298,13 @@ def block_forward(
         queries: If given, only the first ``queries`` tokens are computed and returned.
 
     Returns:
-        ``(B, T, D)``, or ``(B, queries, D)`` when ``queries`` is set.
+        ``(B, T, D)``, or ``(B, queries, D)`` when ``queries`` is set, in ``x``'s dtype.
     """
     B, T, D = x.shape
     attn = block.attn
     H = attn.num_heads
-    y = block.ln_1(x)
+    dtype = attn.in_proj_weight.dtype
+    y = block.ln_1(x).to(dtype)
     q_in = y if queries is None else y[:, :queries]
     Q = q_in.shape[1]
     w_q, w_kv = attn.in_proj_weight[:D], attn.in_proj_weight[D:]
@@ -313,5 +315,16 @@ def block_forward(
     )  # (2, B, H, T, d)
     out = F.scaled_dot_product_attention(q, kv[0], kv[1], is_causal=causal)
     out = out.transpose(1, 2).reshape(B, Q, D)  # (B, H, Q, d) -> (B, Q, D)
-    x = x[:, :Q] + block.ls_1(attn.out_proj(out))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = x[:, :Q] + block.ls_1(attn.out_proj(out)).to(x.dtype)
+    return x + block.ls_2(block.mlp(block.ln_2(x).to(dtype))).to(x.dtype)
+
+
+def cast_matmuls(clip: CLIP, dtype: torch.dtype) -> None:
+    """Casts the weights of every attention and MLP block in both towers to ``dtype``.
+
+    Layer norms, embeddings, projections and the residual stream stay float32, which keeps
+    bf16 and fp16 close to the exact result at nearly the full speed of low precision.
+    """
+    for block in [*clip.visual.transformer.resblocks, *clip.transformer.resblocks]:
+        block.attn.to(dtype)
+        block.mlp.to(dtype)
