@@ -190,6 +190,126 @@ def _progress(total: int, desc: str = "scoring") -> _Progress:
     return _Progress(total, desc)
 
 
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from adaclip.data import LAYOUTS
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="benchmark a checkpoint on a dataset: metrics.json, predictions.csv, curves",
+        description="Score a dataset's test images and compute image and pixel metrics per "
+        "category (MVTec AD, VisA, meta.json or plain-folder layouts).",
+    )
+    parser.add_argument("root", help="dataset folder")
+    parser.add_argument("--categories", nargs="+", help="only these categories (default: all)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="default: auto-detect")
+    parser.add_argument(
+        "--pixel-size", type=int, help="side at which pixel metrics are computed (default: S)"
+    )
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument("--overlays", action="store_true", help="also write heat-map overlays")
+    parser.add_argument("--output", default="adaclip-eval", help="output folder")
+    add_model_options(parser)
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluates a checkpoint on a dataset and writes the report; exits 1 if images failed."""
+    from adaclip.data import load_dataset
+    from adaclip.evaluate import evaluate, markdown_table, write_report
+
+    samples = load_dataset(args.root, args.categories, args.layout)
+    detector = detector_from_args(args)
+    output = Path(args.output)
+    with _progress(len(samples), "evaluating") as bar:
+        evaluation = evaluate(
+            detector,
+            samples,
+            batch_size=args.batch_size,
+            pixel_size=args.pixel_size,
+            workers=args.workers,
+            overlay_dir=output / "overlays" if args.overlays else None,
+            progress=bar,
+        )
+    settings = {k: v for k, v in vars(args).items() if k != "handler"}
+    write_report(evaluation, output, settings)
+    sys.stdout.write(markdown_table(evaluation) + f"\nwrote {output / 'metrics.json'}\n")
+    return 1 if evaluation.failures else 0
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from adaclip.data import LAYOUTS
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train prompts and heads on auxiliary data, keep the best validation epoch",
+        description="Train AdaCLIP's learnable parts (the CLIP backbone stays frozen) on the "
+        "test splits of auxiliary datasets; writes best.pth, best.safetensors, config.json, "
+        "last.pt, log.jsonl, log.csv and curves.png.",
+    )
+    parser.add_argument("--train", nargs="+", required=True, help="training dataset folders")
+    parser.add_argument("--val", required=True, help="validation dataset folder")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="default: auto-detect")
+    parser.add_argument("--output", default="adaclip-train", help="output folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output")
+    parser.add_argument("--init", help="start from this AdaCLIP checkpoint (default: fresh)")
+    parser.add_argument("--epochs", type=int, default=5, help="default: 5")
+    parser.add_argument("--batch-size", type=int, default=8, help="default: 8")
+    parser.add_argument("--lr", type=float, default=0.01, help="AdamW learning rate (0.01)")
+    parser.add_argument("--mosaic-prob", type=float, default=0.5, help="default: 0.5")
+    parser.add_argument("--seed", type=int, default=111, help="default: 111")
+    parser.add_argument("--max-steps", type=int, help="steps per epoch at most (smoke runs)")
+    parser.add_argument("--pixel-size", type=int, help="validation pixel-metric side (S)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help=f"open_clip model name or local JSON config (default: {DEFAULT_BACKBONE})",
+    )
+    parser.add_argument("--backbone-weights", help="local backbone state dict instead of the Hub")
+    parser.add_argument("--image-size", type=int, default=518, help="input side S (default: 518)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="auto: bf16 autocast on a GPU that has it, fp32 on a CPU",
+    )
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Trains (or resumes) a run and reports where the best checkpoint is."""
+    from adaclip.train import TrainSettings, train
+
+    settings = TrainSettings(
+        train=tuple(args.train),
+        val=args.val,
+        output=args.output,
+        layout=args.layout,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        image_size=args.image_size,
+        init=args.init,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        mosaic_prob=args.mosaic_prob,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        workers=args.workers,
+        max_steps=args.max_steps,
+        pixel_size=args.pixel_size,
+        progress=sys.stderr.isatty(),
+    )
+    result = train(settings, resume=args.resume)
+    sys.stdout.write(
+        f"best epoch {result.best_epoch} (validation score {result.best_score:.4f}); "
+        f"wrote {result.checkpoint}\n"
+    )
+    return 0
+
+
 def _add_download(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "download",
@@ -281,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_predict(subparsers)
+    _add_evaluate(subparsers)
+    _add_train(subparsers)
     _add_download(subparsers)
     _add_checkpoints(subparsers)
     return parser
