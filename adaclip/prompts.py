@@ -62,6 +62,12 @@ def sentences(class_name: str) -> tuple[list[str], list[str]]:
     return normal, abnormal
 
 
+@functools.cache
+def _tokenizer() -> open_clip.SimpleTokenizer:
+    """CLIP's byte-pair tokenizer, built once."""
+    return open_clip.SimpleTokenizer()
+
+
 @functools.lru_cache(maxsize=256)
 def tokenize_class(class_name: str) -> tuple[torch.Tensor, int]:
     """Tokenises the sentence ensemble of one (normalised) class name, cached.
@@ -74,15 +80,15 @@ def tokenize_class(class_name: str) -> tuple[torch.Tensor, int]:
         ClassNameError: A sentence does not fit in the 77-token context.
     """
     normal, abnormal = sentences(class_name)
-    tokenizer = open_clip.tokenizer._tokenizer
-    lengths = [len(tokenizer.encode(s)) + 2 for s in normal + abnormal]
+    tokenizer = _tokenizer()
+    lengths = [len(tokenizer.encode(s)) + 2 for s in normal + abnormal]  # + start and end
     if max(lengths) > CONTEXT_LENGTH:
         raise ClassNameError(
             f"class name {class_name!r} is too long: its longest prompt sentence needs "
             f"{max(lengths)} tokens but CLIP reads at most {CONTEXT_LENGTH}. "
             "Use a shorter name (a few words)."
         )
-    tokens = open_clip.tokenize(normal + abnormal, context_length=CONTEXT_LENGTH)
+    tokens = tokenizer(normal + abnormal, context_length=CONTEXT_LENGTH)
     return tokens, len(normal)
 
 
