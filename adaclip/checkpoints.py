@@ -22,7 +22,7 @@ import httpx2
 import open_clip
 import torch
 from huggingface_hub import constants as hf_constants
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub import hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     FileMetadataError,
     GatedRepoError,
@@ -69,6 +69,16 @@ class HubFile:
     filename: str
     repo_type: str = "model"
     revision: str | None = None
+
+    def url(self, endpoint: str) -> str:
+        """The file's download address on the Hub at ``endpoint``."""
+        return hf_hub_url(
+            self.repo_id,
+            self.filename,
+            repo_type=self.repo_type,
+            revision=self.revision,
+            endpoint=endpoint,
+        )
 
     def __str__(self) -> str:
         prefix = {"model": "", "space": "spaces/", "dataset": "datasets/"}[self.repo_type]
@@ -382,9 +392,12 @@ def _verified_cached(entry: PublishedCheckpoint) -> Path | None:
 def _unavailable(entry: PublishedCheckpoint, problems: list[CheckpointError]) -> CheckpointError:
     """The error for a published checkpoint that no source delivered intact."""
     details = "\n".join(f"  - {err}" for err in problems)
+    urls = " or ".join(file.url(hub_endpoint()) for file in entry.sources)
     message = (
         f"could not get the published checkpoint {entry.name!r} from the Space or the mirror:\n"
-        f"{details}"
+        f"{details}\nTo use it anyway, download {urls} by hand, check that its sha256 is "
+        f"{entry.sha256} and pass the file's path; or fetch it with `python -m adaclip download "
+        f"--checkpoint {entry.name}` where the Hub is reachable and run with HF_HUB_OFFLINE=1."
     )
     if all(isinstance(err, HubError) for err in problems):
         return HubError(message)
@@ -397,7 +410,10 @@ def verify_sha256(path: Path, expected: str, file: HubFile) -> None:
     Raises:
         CheckpointError: The digest differs; the message gives both.
     """
-    got = file_sha256(path)
+    try:
+        got = file_sha256(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path} to check its sha256: {err}.") from err
     if got == expected:
         logger.info("%s: sha256 verified (%s)", file, path)
         return

@@ -201,6 +201,8 @@ def test_tampered_published_checkpoint_is_refused_and_forgotten(
 
     assert not isinstance(info.value, HubError)
     assert golden_entry.sha256 in str(info.value)
+    assert "python -m adaclip download --checkpoint golden" in str(info.value)
+    assert f"{hub.url}/tester/adaclip-mirror/resolve/main/golden.pth" in str(info.value)
     assert cached_checkpoint(golden_entry) is None
     blobs = list((tmp_path / "hf" / "hub").glob("spaces--tester--AdaCLIP/blobs/*"))
     assert blobs == []
@@ -498,3 +500,15 @@ def test_checkpoints_command_lists_names_and_cache_state(
     assert "MVTec AD + ColonDB" in rows["mvtec-colondb"] and "42.7 MB" in rows["mvtec-colondb"]
     assert rows["all"].rstrip().endswith("no")
     assert rows["golden"].rstrip().endswith("yes")
+
+
+def test_hf_hub_cache_wins_over_hf_home(
+    hub: HubServer, golden_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+
+    path = resolve_checkpoint(GOLDEN_SPEC)
+
+    assert path.is_relative_to(tmp_path / "elsewhere")
+    assert not (tmp_path / "hf" / "hub").exists()
