@@ -163,6 +163,7 @@ def read_mvtec(root: Path) -> list[Sample]:
 
 def read_visa(root: Path) -> list[Sample]:
     """The VisA layout: the test rows of ``split_csv/1cls.csv``."""
+    # TODO(#5): the 2cls splits are not read; 1cls is the zero-shot protocol's split.
     table = root / "split_csv" / "1cls.csv"
     samples = []
     with table.open(newline="") as handle:
@@ -254,6 +255,7 @@ def _images_in_subfolders(folder: Path) -> bool:
 
 def _find_mask(truth: Path | None, defect: str, stem: str) -> Path | None:
     """The mask of image ``stem``: ``[<type>/]<stem>[_mask].<ext>`` under ``truth``."""
+    # TODO(#5): MVTec LOCO keeps a folder of several masks per image; they are not merged.
     if truth is None:
         return None
     for folder in (truth / defect, truth):

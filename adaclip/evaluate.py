@@ -87,6 +87,7 @@ def evaluate(
     if batch_size < 1:
         raise AdaCLIPError(f"batch size must be at least 1; got {batch_size}.")
     S = detector.config.image_size
+    # TODO(#5): metrics at the masks' own resolution (anomalib's habit) are not offered.
     P = pixel_size or S
     with_masks = {s.category for s in samples if s.label == 1 and s.mask is not None}
     accumulators = {c: PixelAccumulator() for c in categories_of(samples) if c in with_masks}

@@ -43,9 +43,9 @@ class Curve:
 
     def roc(self) -> tuple[np.ndarray, np.ndarray]:
         """False- and true-positive rates, starting at ``(0, 0)``, ``(T+1,)`` each."""
-        fpr = np.concatenate([[0.0], self.fps / self.fps[-1]])
-        tpr = np.concatenate([[0.0], self.tps / self.tps[-1]])
-        return fpr, tpr
+        fp_rate = np.concatenate([[0.0], self.fps / self.fps[-1]])
+        tp_rate = np.concatenate([[0.0], self.tps / self.tps[-1]])
+        return fp_rate, tp_rate
 
     def precision_recall(self) -> tuple[np.ndarray, np.ndarray]:
         """Precision and recall at each threshold, ``(T,)`` each (no appended end point)."""
@@ -61,8 +61,8 @@ def has_both_classes(curve: Curve) -> bool:
 
 def auroc(curve: Curve) -> float:
     """Area under the ROC curve (trapezoids, as scikit-learn)."""
-    fpr, tpr = curve.roc()
-    return float(np.trapezoid(tpr, fpr))
+    fp_rate, tp_rate = curve.roc()
+    return float(np.trapezoid(tp_rate, fp_rate))
 
 
 def average_precision(curve: Curve) -> float:
@@ -175,9 +175,9 @@ class PixelAccumulator:
     def pro_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """False-positive rate and mean per-region overlap, from ``(0, 0)`` up, ``(T+1,)`` each."""
         used = (self.positives + self.negatives)[::-1] > 0
-        fpr = np.cumsum(self.negatives[::-1])[used] / self.negatives.sum()
+        fp_rate = np.cumsum(self.negatives[::-1])[used] / self.negatives.sum()
         pro = np.cumsum(self.region_overlap[::-1])[used] / self.regions
-        return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro])
+        return np.concatenate([[0.0], fp_rate]), np.concatenate([[0.0], pro])
 
     def compute(self) -> dict[str, float | None]:
         """Pixel AUROC, AP, F1-max and AUPRO; all ``None`` without both kinds of pixel."""

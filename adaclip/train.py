@@ -228,7 +228,10 @@ def selection_score(evaluation: Evaluation) -> tuple[str, float | None]:
 
 
 class Trainer:
-    """Runs (or resumes) one training run described by :class:`TrainSettings`."""
+    """Runs (or resumes) one training run described by :class:`TrainSettings`.
+
+    TODO(#5): one device only; multi-GPU (DDP) training is not supported.
+    """
 
     def __init__(self, settings: TrainSettings, resume: bool = False) -> None:
         self.settings = settings

@@ -43,9 +43,9 @@ def slow_aupro(masks: np.ndarray, maps: np.ndarray, limit: float = 0.3) -> float
     normal = maps[~masks.astype(bool)]
     points = [(0.0, 0.0)]
     for t in np.unique(maps)[::-1]:
-        fpr = np.mean(normal >= t)
+        fp_rate = np.mean(normal >= t)
         pro = np.mean([np.mean(r >= t) for r in regions])
-        points.append((fpr, pro))
+        points.append((fp_rate, pro))
     points.sort()
     x, y = np.array(points).T
     cut = x <= limit
@@ -147,8 +147,8 @@ def test_aupro_averages_regions_not_pixels():
     mask[0, 0], amap[0, 0] = True, 0.9
     mask[3:5, 3:5], amap[3:5, 3:5] = True, 0.5
     amap[0, 5] = 0.7
-    fpr = 1 / 31
-    expected = (fpr * 0.5 + (0.3 - fpr) * 1.0) / 0.3
+    fp_rate = 1 / 31
+    expected = (fp_rate * 0.5 + (0.3 - fp_rate) * 1.0) / 0.3
     metrics = pixel_metrics(mask[None], amap[None])
     assert metrics["pixel_aupro"] == pytest.approx(expected)
     assert metrics["pixel_aupro"] == pytest.approx(slow_aupro(mask[None], amap[None]))
@@ -162,8 +162,8 @@ def test_aupro_counts_diagonal_neighbours_as_one_region():
     accumulator = PixelAccumulator()
     accumulator.update(amap, mask)
     assert accumulator.regions == 1
-    fpr, pro = accumulator.pro_curve()
-    assert pro[1] == pytest.approx(0.5) and fpr[1] == 0.0
+    fp_rate, pro = accumulator.pro_curve()
+    assert pro[1] == pytest.approx(0.5) and fp_rate[1] == 0.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
