@@ -93,11 +93,15 @@ class Demo:
         detector: The detector built at start-up.
         choices: Checkpoint specs the page offers; defaults to the start-up one plus
             the published names.
+        batch_size: Images per forward pass in :meth:`detect_many`.
     """
 
-    def __init__(self, detector: Detector, choices: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, detector: Detector, choices: Sequence[str] | None = None, batch_size: int = 8
+    ) -> None:
         self.default_checkpoint = detector.checkpoint or "start-up"
         self.choices = list(dict.fromkeys(choices or [self.default_checkpoint, *PUBLISHED]))
+        self.batch_size = batch_size
         self._detectors = {self.default_checkpoint: detector}
         self._lock = threading.Lock()
         self._downloads = tempfile.TemporaryDirectory(prefix="adaclip-app-")
@@ -231,6 +235,7 @@ class Demo:
             detector.predict_batch,
             todo,
             class_name,
+            batch_size=self.batch_size,
             progress=lambda done, total: progress((done, total), desc="scoring", unit="images"),
         )
         results_iter = iter(results)
@@ -320,15 +325,15 @@ def heatmap_panel(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
     heat = cv2.resize(
         render.colorize(anomaly_map), (width, HEATMAP_HEIGHT), interpolation=cv2.INTER_NEAREST
     )
-    margin, bar_width, label_width = 16, 24, 56
+    margin, bar_width, label_width = 16, 32, 80
     scale = np.full((HEATMAP_HEIGHT, margin + bar_width + label_width, 3), 255, np.uint8)
     scale[:, margin : margin + bar_width] = render.colorbar(HEATMAP_HEIGHT, bar_width)
     for value in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = round((1.0 - value) * (HEATMAP_HEIGHT - 1))
-        text_y = int(np.clip(y + 5, 12, HEATMAP_HEIGHT - 3))
+        text_y = int(np.clip(y + 9, 20, HEATMAP_HEIGHT - 4))
         cv2.putText(
             scale, f"{value:.2f}", (margin + bar_width + 4, text_y),
-            cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA,
+            cv2.FONT_HERSHEY_SIMPLEX, 0.75, (0, 0, 0), 2, cv2.LINE_AA,
         )  # fmt: skip
     y = round((1.0 - threshold) * (HEATMAP_HEIGHT - 1))
     cv2.line(scale, (margin - 6, y), (margin + bar_width + 2, y), (255, 255, 255), 3)
@@ -406,6 +411,8 @@ def _label(checkpoint: str | None) -> str:
     return checkpoint if checkpoint in PUBLISHED else Path(checkpoint).name
 
 
+# TODO(#4): the licence notes below were written without access to the upstream pages;
+# check them against the authors' repository and the datasets' sites.
 ABOUT = """
 ### How it works
 AdaCLIP compares the image with sentences that describe a normal and a damaged *class name*
@@ -447,7 +454,7 @@ CLASS_NAME_INFO = (
 
 def build_demo(demo: Demo) -> gr.Blocks:
     """Lays out the page and wires its events to ``demo``'s handlers."""
-    with gr.Blocks(title="AdaCLIP anomaly detection") as blocks:
+    with gr.Blocks(title="AdaCLIP anomaly detection", delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(
             "# AdaCLIP: zero-shot anomaly detection\n"
             "Drop an image (or paste one, or use the webcam), optionally say what it shows, "
@@ -480,7 +487,7 @@ def _threshold_slider() -> gr.Slider:
 
 def _single_image_tab(demo: Demo) -> None:
     """Inputs on the left, the four results in a grid on the right."""
-    kept = gr.State()
+    kept = gr.State(time_to_live=3600)  # the last prediction, for re-thresholding
     with gr.Row():
         with gr.Column(scale=2):
             image = gr.Image(
@@ -565,7 +572,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     """Command-line options; ``ADACLIP_*`` environment variables set their defaults."""
     env = os.environ if environ is None else environ
     on_space = "SPACE_ID" in env
-    parser = argparse.ArgumentParser(description="Serve the AdaCLIP web demo.")
+    parser = argparse.ArgumentParser(prog="app.py", description="Serve the AdaCLIP web demo.")
     add_model_options(parser)
     group = parser.add_argument_group("server")
     group.add_argument(
@@ -593,7 +600,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 def serve(args: argparse.Namespace) -> None:
     """Loads the weights once, builds the page and serves it until interrupted."""
     detector = detector_from_args(args)
-    blocks = build_demo(Demo(detector))
+    blocks = build_demo(Demo(detector, batch_size=args.batch_size))
     blocks.queue(default_concurrency_limit=args.concurrency, max_size=64)
     blocks.launch(
         server_name=args.host,

@@ -1,4 +1,4 @@
-"""Command line: ``python -m adaclip predict | download | checkpoints | evaluate | train``."""
+"""The ``adaclip`` command line: predict, download, checkpoints, evaluate, train, serve."""
 
 from __future__ import annotations
 
@@ -393,6 +393,34 @@ def run_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="start the Gradio web demo (app.py); `serve --help` lists its options",
+        description="Start the web demo; every option is passed on to app.py.",
+        prefix_chars="+",  # so that --port etc. reach app.py untouched
+        add_help=False,
+    )
+    parser.add_argument("app_args", nargs=argparse.REMAINDER, help="options of app.py")
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Runs the repository's ``app.py`` (next to the package) with the given options."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "app.py"
+    if not path.is_file():
+        raise AdaCLIPError(
+            f"the web demo needs app.py from the source checkout, not found at {path}; "
+            "clone the repository and run `python app.py` there."
+        )
+    spec = importlib.util.spec_from_file_location("adaclip_app", path)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    return app.main(args.app_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -405,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_download(subparsers)
     _add_checkpoints(subparsers)
+    _add_serve(subparsers)
     return parser
 
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import socket
 import struct
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +35,49 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+START_TIMEOUT_S = 120
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
+    """Polls ``url`` until it answers 200; raises with the server's log if it dies or times out."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(
+                f"app.py exited with {server.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    raise RuntimeError(f"app.py did not answer in {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running_app(options: Sequence[str], log: Path) -> Iterator[str]:
+    """Runs ``python app.py OPTIONS`` on a free port of 127.0.0.1; yields its URL, then stops it."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(REPO / "app.py"), *options, "--host", "127.0.0.1"]
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [*command, "--port", str(port)], cwd=REPO, env=env, stdout=output, stderr=output
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -19,6 +19,7 @@ from app_helpers import (
     write_odd_images,
 )
 
+from adaclip import cli
 from adaclip.errors import HubError
 
 app = load_app()
@@ -235,8 +236,8 @@ def test_heatmap_panel_has_a_scale_from_hot_to_cold():
 
     panel = app.heatmap_panel(anomaly_map, 0.5)
 
-    assert panel.shape == (app.HEATMAP_HEIGHT, 2 * app.HEATMAP_HEIGHT + 96, 3)
-    bar_x = 2 * app.HEATMAP_HEIGHT + 16 + 12
+    assert panel.shape == (app.HEATMAP_HEIGHT, 2 * app.HEATMAP_HEIGHT + 128, 3)
+    bar_x = 2 * app.HEATMAP_HEIGHT + 16 + 16
     top, bottom = panel[5, bar_x], panel[-5, bar_x]
     assert top[0] > 100 and top[2] < 50  # red at 1
     assert bottom[2] > 100 and bottom[0] < 50  # blue at 0
@@ -297,6 +298,17 @@ def test_options_come_from_flags_then_environment_then_defaults():
     )
     assert (plain.backbone, plain.image_size) == ("ViT-L-14-336", 518)
     assert (space.host, space.port) == ("0.0.0.0", 7860)
+
+
+def test_cli_serve_runs_app_py_with_its_options(tmp_path, capsys):
+    missing = tmp_path / "missing.pth"
+
+    with pytest.raises(SystemExit) as help_exit:
+        cli.main(["serve", "--help"])
+    status = cli.main(["serve", "--checkpoint", str(missing), "--device", "cpu"])
+
+    assert help_exit.value.code == 0 and "--share" in capsys.readouterr().out
+    assert status == 2
 
 
 def test_examples_exist_with_class_names():

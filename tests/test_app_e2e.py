@@ -2,59 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_helpers import BAD_UPLOAD_MESSAGES, REPO, free_port, write_bad_uploads, write_odd_images
+from app_helpers import (
+    BAD_UPLOAD_MESSAGES,
+    REPO,
+    running_app,
+    write_bad_uploads,
+    write_odd_images,
+)
 from gradio_client import Client, handle_file
-
-START_TIMEOUT_S = 120
-
-
-def wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
-    """Polls ``url`` until it answers; fails with the server's log if it dies or times out."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"app.py exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    pytest.fail(f"app.py did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
 def server_url(golden_cli_args, tmp_path_factory) -> Iterator[str]:
     """``python app.py`` with the golden tiny model on a free port, stopped afterwards."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, str(REPO / "app.py"), *golden_cli_args]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    with log.open("w") as output:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, server, log)
+    with running_app(golden_cli_args, tmp_path_factory.mktemp("server") / "app.log") as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture(scope="module")
