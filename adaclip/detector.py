@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from adaclip.checkpoints import check_state, read_state, resolve_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.errors import AdaCLIPError
 from adaclip.images import MAX_PIXELS, ImageInput, describe, load_image, preprocess
-from adaclip.model import AdaCLIP, cast_matmuls
+from adaclip.model import AdaCLIP, Encoded, cast_matmuls
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class Detector:
         self.checkpoint = checkpoint
         cast_matmuls(model.clip, self.dtype)
         self.model = model.to(self.device).eval()
+        self.overlap_fusion = self.device.type == "cuda"
+        """Cluster chunk n on a CPU thread while the GPU encodes chunk n + 1."""
 
     @property
     def config(self) -> AdaCLIPConfig:
@@ -178,15 +181,19 @@ class Detector:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
         names = _per_image(class_names, len(images))
         results: list[Prediction | Failure | None] = [None] * len(images)
-        for start in range(0, len(images), batch_size):
-            stop = min(start + batch_size, len(images))
-            self._predict_chunk(images, names, range(start, stop), raw_maps, results)
-            if progress is not None:
-                progress(stop, len(images))
+        total = len(images)
+        with _Background(self.overlap_fusion) as background:
+            for start in range(0, total, batch_size):
+                chunk = range(start, min(start + batch_size, total))
+                ready = self._decode(images, names, chunk, results)
+                encoded = self._encode(ready) if ready else None
+                background.submit(self._complete, ready, encoded, raw_maps, results)
+                if progress is not None:
+                    background.submit(progress, chunk.stop, total)
         return results  # type: ignore[return-value]
 
-    def _predict_chunk(self, images, names, indices, raw_maps, results) -> None:
-        """Decodes one chunk, records failures and scores the rest in one forward pass."""
+    def _decode(self, images, names, indices, results) -> list[tuple]:
+        """Decodes one chunk; failures go straight into ``results``, the rest are returned."""
         ready = []
         for i in indices:
             source = describe(images[i], i)
@@ -199,11 +206,27 @@ class Detector:
                 results[i] = Failure(i, source, err)
                 continue
             ready.append((i, source, name, picture))
-        if not ready:
-            return
+        return ready
+
+    @torch.inference_mode()
+    def _encode(self, ready: list[tuple]) -> tuple[Encoded, np.ndarray | None]:
+        """The device part of a chunk's forward pass, up to the fusion's input points."""
         S = self.config.image_size
         batch = torch.stack([preprocess(p, S) for _, _, _, p in ready])  # (B, 3, S, S)
-        scores, maps = self.run(batch, [name for _, _, name, _ in ready])
+        names = [name for _, _, name, _ in ready]
+        encoded = self.model.encode(batch.to(self.device, torch.float32), names)
+        points = self.model.fusion_points(encoded) if self.config.use_hsf else None
+        return encoded, points
+
+    @torch.inference_mode()
+    def _complete(self, ready, encoded, raw_maps, results) -> None:
+        """Fusion clustering, scores, maps and per-image results for an encoded chunk."""
+        if not ready:
+            return
+        encoded, points = encoded
+        fused = self.model.cluster(points) if points is not None else None
+        out = self.model.finish(encoded, fused)
+        scores, maps = out.scores.float().cpu().numpy(), out.maps.float().cpu().numpy()
         for (i, source, name, picture), score, raw in zip(ready, scores, maps):
             array = np.asarray(picture)
             results[i] = Prediction(
@@ -273,3 +296,34 @@ def _per_image(class_names: str | Sequence[str | None] | None, count: int) -> li
             f"for {count} images."
         )
     return names
+
+
+class _Background:
+    """Runs jobs in order on one worker thread, at most one pending; inline when disabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1) if enabled else None
+        self.pending: list[Future] = []
+
+    def submit(self, job: Callable, *args: object) -> None:
+        """Runs ``job(*args)`` now, or queues it after waiting for all but the last job."""
+        if self.pool is None:
+            job(*args)
+            return
+        self.wait(keep=1)
+        self.pending.append(self.pool.submit(job, *args))
+
+    def wait(self, keep: int = 0) -> None:
+        """Waits until at most ``keep`` jobs are pending, re-raising their errors."""
+        while len(self.pending) > keep:
+            self.pending.pop(0).result()
+
+    def __enter__(self) -> _Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()

@@ -7,40 +7,43 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 
-def fuse_patches(
-    probs: torch.Tensor,
-    patch_features: torch.Tensor,
-    n_clusters: int,
-    topk: int,
-    seed: int,
-) -> torch.Tensor:
-    """Clusters each image's most abnormal patches and averages the cluster centres.
+def select_points(probs: torch.Tensor, patch_features: torch.Tensor, topk: int) -> torch.Tensor:
+    """Gathers each image's most abnormal patches, all layers side by side.
 
     Args:
         probs: Patch anomaly probabilities, ``(B, L)`` in [0, 1].
         patch_features: L2-normalised patch features of every output layer, ``(B, N, L, E)``.
-        n_clusters: Number of K-means clusters ``K`` (fewer if there are fewer patches).
-        topk: How many of the most abnormal patches to cluster.
-        seed: K-means random state, so the same image always gives the same result.
+        topk: How many of the most abnormal patches to keep.
 
     Returns:
-        The fused feature of each image, L2-normalised, ``(B, E)``, in the features' dtype.
+        ``(B, k, N*E)`` with ``k = min(L, topk)``, in descending order of probability (the
+        order reaches K-means and changes its result).
     """
     B, N, L, E = patch_features.shape
     k = min(L, topk)
-    order = probs.topk(k, dim=1, sorted=True).indices  # (B, k), most abnormal first
+    order = probs.topk(k, dim=1, sorted=True).indices  # (B, k)
     index = order[:, None, :, None].expand(B, N, k, E)
     chosen = patch_features.gather(2, index)  # (B, N, L, E) -> (B, N, k, E)
-    chosen = chosen.permute(0, 2, 1, 3).reshape(B, k, N * E)  # (B, k, N*E), layers side by side
-    points = chosen.detach().float().cpu().numpy()
-    fused = _cluster_all(points, min(n_clusters, k), seed, N)
-    fused = torch.from_numpy(fused).to(device=patch_features.device, dtype=patch_features.dtype)
-    return F.normalize(fused, dim=-1)
+    return chosen.permute(0, 2, 1, 3).reshape(B, k, N * E)  # (B, N, k, E) -> (B, k, N*E)
+
+
+def cluster_centres(points: np.ndarray, n_clusters: int, seed: int, num_layers: int) -> np.ndarray:
+    """K-means per image, then the mean of the cluster centres: ``(B, k, N*E) -> (B, E)``.
+
+    Args:
+        points: Output of :func:`select_points` as float32 numpy.
+        n_clusters: Number of clusters ``K`` (fewer if there are fewer points).
+        seed: K-means random state, so the same image always gives the same result.
+        num_layers: ``N``, the number of layers laid side by side in each point.
+
+    Returns:
+        The unnormalised fused feature of each image, float32.
+    """
+    return _cluster_all(points, min(n_clusters, points.shape[1]), seed, num_layers)
 
 
 def _cluster_all(points: np.ndarray, n_clusters: int, seed: int, num_layers: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
@@ -12,7 +13,7 @@ from torch import nn
 
 from adaclip import prompts
 from adaclip.config import AdaCLIPConfig
-from adaclip.fusion import fuse_patches
+from adaclip.fusion import cluster_centres, select_points
 
 
 class StaticPrompts(nn.Module):
@@ -35,6 +36,23 @@ class Heads(nn.Module):
     def stacked(self, x: torch.Tensor) -> torch.Tensor:
         """Applies every head to ``x`` ``(B, in)`` and stacks them: ``(B, count, out)``."""
         return torch.stack([head(x) for head in self.head], dim=1)
+
+
+@dataclass
+class Encoded:
+    """A batch encoded up to the fusion step.
+
+    Attributes:
+        patches: L2-normalised patch features per output layer, ``(B, N, L, E)``.
+        image: L2-normalised image features before fusion, ``(B, E)``.
+        text: Normal and abnormal text features per image, ``(B, E, 2)``.
+        logits: Scaled patch-text similarities per layer, ``(B, N, L, 2)``.
+    """
+
+    patches: torch.Tensor
+    image: torch.Tensor
+    text: torch.Tensor
+    logits: torch.Tensor
 
 
 @dataclass
@@ -116,6 +134,12 @@ class AdaCLIP(nn.Module):
         Returns:
             Scores, raw maps and the logits behind them; see :class:`AdaCLIPOutput`.
         """
+        encoded = self.encode(images, class_names)
+        fused = self.cluster(self.fusion_points(encoded)) if self.config.use_hsf else None
+        return self.finish(encoded, fused)
+
+    def encode(self, images: torch.Tensor, class_names: Sequence[str]) -> Encoded:
+        """Everything before the fusion clustering: the accelerator-heavy part of a pass."""
         B = images.shape[0]
         if len(class_names) != B:
             raise ValueError(f"need one class name per image; got {len(class_names)} for {B}.")
@@ -123,25 +147,50 @@ class AdaCLIP(nn.Module):
         pooled_plain = self.encode_image_plain(tokens)
         visual_prompts, text_prompts = self.hybrid_prompts(pooled_plain)
         patch_tokens, pooled = self.encode_image_prompted(tokens, visual_prompts)
-        text = self.encode_text(class_names, text_prompts).float()
+        text = self.encode_text(class_names, text_prompts)
 
+        heads = self.patch_token_layer.head
         patches = torch.stack(
-            [
-                F.normalize(h(t.float()), dim=-1)
-                for h, t in zip(self.patch_token_layer.head, patch_tokens)
-            ],
-            dim=1,
-        )  # (B, N, L, E)
+            [F.normalize(h(t.float()), dim=-1) for h, t in zip(heads, patch_tokens)], dim=1
+        )  # N x (B, L, E) -> (B, N, L, E)
         image = F.normalize(self.cls_token_layer.head[0](pooled.float()), dim=-1)  # (B, E)
-        scale = self.config.logit_scale
-        logits = scale * torch.einsum("bnle,bec->bnlc", patches, text)  # (B, N, L, 2)
+        logits = self.config.logit_scale * torch.einsum("bnle,bec->bnlc", patches, text)
+        return Encoded(patches=patches, image=image, text=text, logits=logits)
 
-        if self.config.use_hsf:
-            image = self.fuse(logits, patches, image)
-        image_logits = scale * torch.einsum("be,bec->bc", image, text)  # (B, 2)
+    def fusion_points(self, encoded: Encoded) -> np.ndarray:
+        """The most abnormal patches of each image as clustering input (waits for the device).
 
+        Returns:
+            ``(B, k, N*E)`` float32, most abnormal patch first.
+        """
+        cfg = self.config
+        probs = encoded.logits.mean(dim=1).softmax(dim=-1)[..., 1]  # (B, N, L, 2) -> (B, L)
+        topk = cfg.hsf_topk_factor * cfg.hsf_clusters
+        return select_points(probs, encoded.patches, topk).detach().float().cpu().numpy()
+
+    def cluster(self, points: np.ndarray) -> torch.Tensor:
+        """Hybrid semantic fusion's K-means on the CPU: ``(B, k, N*E) -> (B, E)`` normalised."""
+        cfg = self.config
+        fused = cluster_centres(points, cfg.hsf_clusters, cfg.kmeans_seed, cfg.num_output_layers)
+        return F.normalize(torch.from_numpy(fused), dim=-1)
+
+    def finish(self, encoded: Encoded, fused: torch.Tensor | None) -> AdaCLIPOutput:
+        """Image scores and maps from the encoded batch and, with HSF, the fused features.
+
+        Args:
+            encoded: The output of :meth:`encode`.
+            fused: ``(B, E)`` from :meth:`cluster`, or ``None`` to skip the fusion.
+        """
+        cfg = self.config
+        image = encoded.image
+        if fused is not None:
+            fused = fused.to(image.device, image.dtype)
+            image = F.normalize(cfg.hsf_alpha * fused + (1.0 - cfg.hsf_alpha) * image, dim=-1)
+        image_logits = cfg.logit_scale * torch.einsum("be,bec->bc", image, encoded.text)
+
+        B, N = encoded.logits.shape[:2]
         G = self.grid_size
-        layer_logits = logits.permute(0, 1, 3, 2).reshape(B, -1, 2, G, G)  # -> (B, N, 2, G, G)
+        layer_logits = encoded.logits.transpose(2, 3).reshape(B, N, 2, G, G)  # from (B, N, L, 2)
         return AdaCLIPOutput(
             scores=image_logits.softmax(dim=-1)[:, 1],
             maps=self.anomaly_map(layer_logits),
@@ -241,30 +290,6 @@ class AdaCLIP(nn.Module):
             [features[:, :num_normal].mean(dim=1), features[:, num_normal:].mean(dim=1)], dim=-1
         )  # (B, E, 2)
         return F.normalize(states, dim=1)
-
-    def fuse(
-        self, logits: torch.Tensor, patches: torch.Tensor, image: torch.Tensor
-    ) -> torch.Tensor:
-        """Hybrid semantic fusion of the image feature (METHOD.md section 7).
-
-        Args:
-            logits: Per-layer patch logits, ``(B, N, L, 2)``.
-            patches: Normalised patch features, ``(B, N, L, E)``.
-            image: Normalised image features, ``(B, E)``.
-
-        Returns:
-            The refined, normalised image features, ``(B, E)``.
-        """
-        cfg = self.config
-        probs = logits.mean(dim=1).softmax(dim=-1)[..., 1]  # (B, L)
-        fused = fuse_patches(
-            probs,
-            patches,
-            n_clusters=cfg.hsf_clusters,
-            topk=cfg.hsf_topk_factor * cfg.hsf_clusters,
-            seed=cfg.kmeans_seed,
-        )
-        return F.normalize(cfg.hsf_alpha * fused + (1.0 - cfg.hsf_alpha) * image, dim=-1)
 
     def anomaly_map(self, layer_logits: torch.Tensor) -> torch.Tensor:
         """Upsamples the per-layer logits to ``S x S`` and returns the abnormal probability.

@@ -91,3 +91,24 @@ def test_overlay_and_mask(golden_detector, images):
     assert picture.shape == result.image.shape and picture.dtype == np.uint8
     mask = result.mask(0.5)
     assert mask.dtype == bool and mask.shape == result.anomaly_map.shape
+
+
+def test_overlapped_fusion_gives_the_same_results(golden_detector, images, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    inputs = [images[0], images[1], str(broken), images[2], images[3]]
+    plain = golden_detector.predict_batch(inputs, "part", batch_size=2, raw_maps=True)
+    seen = []
+    golden_detector.overlap_fusion = True
+    try:
+        overlapped = golden_detector.predict_batch(
+            inputs, "part", batch_size=2, raw_maps=True, progress=lambda d, t: seen.append((d, t))
+        )
+    finally:
+        golden_detector.overlap_fusion = False
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert not overlapped[2].ok and "broken.jpg" in overlapped[2].message
+    for a, b in zip(plain, overlapped):
+        if a.ok:
+            assert a.score == b.score
+            np.testing.assert_array_equal(a.raw_map, b.raw_map)
