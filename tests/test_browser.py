@@ -94,10 +94,27 @@ def test_drop_an_image_type_a_class_and_see_the_result(page, server_url, golden_
     page.wait_for_function("() => document.querySelector('#overlay img').naturalWidth > 0")
 
     assert abs(float(score.input_value()) - expected) < 1e-4
+    assert page.locator("#heatmap img").count() == 1 and page.locator("#outlined img").count() == 1
     assert ("Anomalous" if expected >= 0.5 else "Normal") in page.inner_text("#verdict")
     assert f"`{CLASS_NAME}`" not in page.inner_text("#verdict")  # rendered as code, not raw
     assert CLASS_NAME in page.inner_text("#verdict")
     _save_screenshot(page)
+
+
+def test_many_images_tab_fills_the_table(page, server_url, golden_detector):
+    files = [REPO / "examples" / "gravel_hole.png", REPO / "examples" / "brick_crack.png"]
+    expected = {f.name: golden_detector.predict(str(f), "object").score for f in files}
+    page.goto(server_url)
+    page.get_by_role("tab", name="Many images").click()
+
+    page.locator("#batch-files input[type=file]").set_input_files([str(f) for f in files])
+    page.wait_for_selector("#batch-files :text('gravel_hole.png')")
+    page.click("#run-batch")
+    page.wait_for_selector("#batch-table :text('brick_crack.png')")
+
+    cells = page.inner_text("#batch-table").split()
+    for name, score in expected.items():
+        assert abs(float(cells[cells.index(name) + 2]) - score) < 1e-5  # file, class, score
 
 
 def _save_screenshot(page) -> None:
