@@ -398,7 +398,7 @@ class TrainSet(torch.utils.data.Dataset):
         images, masks, known = zip(*(self._load(i) for i in tiles))
         S = self.image_size
         image = preprocess(_mosaic(images, Image.Resampling.BICUBIC), S)
-        mask = np.asarray(_mosaic(masks, Image.Resampling.NEAREST).resize((S, S), Image.NEAREST))
+        mask = np.asarray(_mosaic(masks, Image.Resampling.NEAREST))  # (S, S) uint8 0/255
         sample = self.samples[index]
         label = max(self.samples[i].label for i in tiles)
         return (

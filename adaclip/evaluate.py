@@ -86,6 +86,8 @@ def evaluate(
     """
     if batch_size < 1:
         raise AdaCLIPError(f"batch size must be at least 1; got {batch_size}.")
+    if pixel_size is not None and pixel_size < 1:
+        raise AdaCLIPError(f"pixel size must be at least 1 pixel; got {pixel_size}.")
     S = detector.config.image_size
     # TODO(#5): metrics at the masks' own resolution (anomalib's habit) are not offered.
     P = pixel_size or S

@@ -324,8 +324,9 @@ class Trainer:
         )  # fmt: skip
         self.model.train()
         key, score = selection_score(evaluation)
-        improved = score is not None and score > self.best_score
-        if improved or self.best_epoch == 0:
+        if score is None:
+            logger.warning("validation data defines no selection metric; keeping the last epoch")
+        if score is None or score > self.best_score:
             self.best_epoch, self.best_score = epoch, score if score is not None else -float("inf")
             learnable = self.model.learnable_state_dict()
             save_checkpoint(learnable, self.output / "best.pth")

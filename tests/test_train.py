@@ -14,9 +14,16 @@ from adaclip.checkpoints import read_state
 from adaclip.cli import main
 from adaclip.data import TrainSet, load_dataset
 from adaclip.detector import Detector
+from adaclip.errors import AdaCLIPError
 from adaclip.losses import adaclip_loss, dice_loss, focal_loss
 from adaclip.model import AdaCLIPOutput
-from adaclip.train import TrainSettings, build_model, make_optimizer, train_step
+from adaclip.train import (
+    TrainSettings,
+    build_model,
+    check_resumable,
+    make_optimizer,
+    train_step,
+)
 
 S = 112  # the checkpoint does not depend on S; a small side keeps the steps quick
 
@@ -28,9 +35,11 @@ def benchmark(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(benchmark, golden_model_args, tmp_path_factory) -> TrainSettings:
+    val = tmp_path_factory.mktemp("val")
+    write_mvtec(val, make_items(("widget",), normal=1, defective=1, seed=5))
     return TrainSettings(
         train=(str(benchmark),),
-        val=str(benchmark),
+        val=str(val),
         output=str(tmp_path_factory.mktemp("run")),
         backbone=golden_model_args["backbone"],
         backbone_weights=golden_model_args["backbone_weights"],
@@ -167,10 +176,13 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_old_folders(
     settings, tmp_path, capsys
 ):
     output = tmp_path / "run"
-    assert cli_train(settings, output, "--epochs", "1", "--mosaic-prob", "0") == 0
-    assert cli_train(settings, output, "--epochs", "2", "--resume", "--lr", "0.02") == 2
-    assert "cannot resume" in capsys.readouterr().err
+    output.mkdir()
+    (output / "last.pt").write_bytes(b"")  # an earlier run's state (never read here)
     assert cli_train(settings, output, "--epochs", "2") == 2
     assert "pass --resume" in capsys.readouterr().err
     assert cli_train(settings, tmp_path / "new", "--epochs", "1", "--resume") == 2
     assert "does not exist" in capsys.readouterr().err
+    saved = {**settings.to_dict(), "lr": 0.02, "epochs": 1}
+    with pytest.raises(AdaCLIPError, match=r"cannot resume .* \(lr: 0.02 -> 0.01\)"):
+        check_resumable(saved, {**settings.to_dict(), "epochs": 3}, output / "last.pt")
+    check_resumable(saved | {"lr": 0.01}, {**settings.to_dict(), "epochs": 3}, output / "last.pt")
