@@ -523,7 +523,10 @@ def _single_image_tab(demo: Demo) -> None:
                 )
                 with gr.Column():
                     score = gr.Number(
-                        label="Anomaly score (0 to 1)", elem_id="score", interactive=False
+                        value=None,
+                        label="Anomaly score (0 to 1)",
+                        elem_id="score",
+                        interactive=False,
                     )
                     verdict = gr.Markdown(label="Verdict", elem_id="verdict")
                     timing = gr.Markdown(label="Timing", elem_id="timing")

@@ -89,7 +89,7 @@ def test_drop_an_image_type_a_class_and_see_the_result(page, server_url, golden_
     page.click("#run")
 
     score = page.locator("#score input")
-    page.wait_for_function("() => document.querySelector('#score input')?.value !== ''")
+    _wait_for_result(page)
     page.wait_for_selector("#overlay img")
     page.wait_for_function("() => document.querySelector('#overlay img').naturalWidth > 0")
 
@@ -99,6 +99,20 @@ def test_drop_an_image_type_a_class_and_see_the_result(page, server_url, golden_
     assert f"`{CLASS_NAME}`" not in page.inner_text("#verdict")  # rendered as code, not raw
     assert CLASS_NAME in page.inner_text("#verdict")
     _save_screenshot(page)
+
+
+def test_an_example_is_one_click_away(page, server_url, golden_detector):
+    expected = golden_detector.predict(str(REPO / "examples" / "gravel_hole.png"), "gravel").score
+    page.goto(server_url)
+
+    page.get_by_text("gravel", exact=True).click()
+    page.wait_for_function(
+        "() => document.querySelector('#class-name textarea, #class-name input').value === 'gravel'"
+    )
+    page.click("#run")
+    _wait_for_result(page)
+
+    assert abs(float(page.locator("#score input").input_value()) - expected) < 1e-4
 
 
 def test_many_images_tab_fills_the_table(page, server_url, golden_detector):
@@ -115,6 +129,13 @@ def test_many_images_tab_fills_the_table(page, server_url, golden_detector):
     cells = page.inner_text("#batch-table").split()
     for name, score in expected.items():
         assert abs(float(cells[cells.index(name) + 2]) - score) < 1e-5  # file, class, score
+
+
+def _wait_for_result(page) -> None:
+    """Waits until the verdict (written with the score) names the threshold."""
+    page.wait_for_function(
+        "() => document.querySelector('#verdict').innerText.includes('threshold')"
+    )
 
 
 def _save_screenshot(page) -> None:
