@@ -108,6 +108,8 @@ class TrainSettings:
                 "epochs and batch size must be at least 1; "
                 f"got {self.epochs} and {self.batch_size}."
             )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise AdaCLIPError(f"max steps must be at least 1; got {self.max_steps}.")
         if self.precision not in ("auto", *TRAIN_PRECISIONS):
             raise AdaCLIPError(
                 f"precision must be auto, fp32, bf16 or fp16; got {self.precision!r}."
@@ -344,7 +346,8 @@ class Trainer:
         append_log(self.output, record)
         logger.info(
             "epoch %d/%d: loss %.4f, val %s %s (best epoch %d)",
-            epoch, self.settings.epochs, loss, key, score, self.best_epoch,
+            epoch, self.settings.epochs, loss, key, "n/a" if score is None else f"{score:.4f}",
+            self.best_epoch,
         )  # fmt: skip
         return record
 
