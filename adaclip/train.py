@@ -31,7 +31,7 @@ import torch
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, load_backbone
 from adaclip.checkpoints import check_state, read_state, save_checkpoint
 from adaclip.config import AdaCLIPConfig
-from adaclip.data import TrainSet, load_dataset
+from adaclip.data import Sample, TrainSet, load_dataset
 from adaclip.detector import Detector, resolve_device
 from adaclip.errors import AdaCLIPError
 from adaclip.evaluate import Evaluation, evaluate
@@ -260,7 +260,7 @@ class Trainer:
         else:
             (self.output / "log.jsonl").unlink(missing_ok=True)
 
-    def _load_training_data(self) -> tuple[list, list[str]]:
+    def _load_training_data(self) -> tuple[list[Sample], list[str]]:
         """All training folders' samples and a mosaic group (folder + category) per sample."""
         samples, groups = [], []
         for index, root in enumerate(self.settings.train):
