@@ -219,17 +219,11 @@ class Demo:
             verdict, error]`` in upload order, and the path of the same table as CSV.
             Files that fail get their error in the table; the others are still scored.
         """
-        if not files:
-            raise gr.Error("add one or more image files first.")
-        if len(files) > MAX_BATCH_IMAGES:
-            raise gr.Error(
-                f"at most {MAX_BATCH_IMAGES} images at once; got {len(files)}. Split them up."
-            )
+        _check_batch(files)
         _check_threshold(threshold)
         detector = self._user_errors(self.detector, checkpoint)
-        names = [Path(f).name for f in files]
-        oversized = {i for i, f in enumerate(files) if _file_size(f) > MAX_UPLOAD_BYTES}
-        todo = [f for i, f in enumerate(files) if i not in oversized]
+        sizes = [_file_size(f) for f in files]
+        todo = [f for f, size in zip(files, sizes) if size <= MAX_UPLOAD_BYTES]
         progress((0, len(todo)), desc="scoring", unit="images")
         results = self._user_errors(
             detector.predict_batch,
@@ -238,21 +232,14 @@ class Demo:
             batch_size=self.batch_size,
             progress=lambda done, total: progress((done, total), desc="scoring", unit="images"),
         )
-        results_iter = iter(results)
+        scored = iter(results)
         gallery, rows = [], []
-        for i, name in enumerate(names):
-            if i in oversized:
-                rows.append([name, "", None, "", _too_large_message(name, _file_size(files[i]))])
-                continue
-            result = next(results_iter)
-            if isinstance(result, Failure):
-                rows.append([name, "", None, "", _short_error(result.message, files[i], name)])
-                continue
-            verdict = "anomalous" if result.score >= threshold else "normal"
-            rows.append([name, result.class_name, round(result.score, 6), verdict, ""])
-            gallery.append(
-                (_downsize(result.overlay(), GALLERY_SIDE), f"{name}: {result.score:.3f}")
-            )
+        for path, size in zip(files, sizes):
+            result = next(scored) if size <= MAX_UPLOAD_BYTES else None
+            rows.append(_table_row(Path(path), size, result, threshold))
+            if isinstance(result, Prediction):
+                caption = f"{Path(path).name}: {result.score:.3f}"
+                gallery.append((_downsize(result.overlay(), GALLERY_SIDE), caption))
         return gallery, rows, self._write_csv(rows)
 
     def _predict(
@@ -293,6 +280,27 @@ class Demo:
 
 
 TABLE_HEADERS = ["file", "class name", "score", "verdict", "error"]
+
+
+def _table_row(
+    path: Path, size: int, result: Prediction | Failure | None, threshold: float
+) -> list[str | float | None]:
+    """One row of the many-images table; ``result`` is ``None`` for a file over the size limit."""
+    if result is None:
+        return [path.name, "", None, "", _too_large_message(path.name, size)]
+    if isinstance(result, Failure):
+        return [path.name, "", None, "", _short_error(result.message, str(path), path.name)]
+    verdict = "anomalous" if result.score >= threshold else "normal"
+    return [path.name, result.class_name, round(result.score, 6), verdict, ""]
+
+
+def _check_batch(files: Sequence[str] | None) -> None:
+    if not files:
+        raise gr.Error("add one or more image files first.")
+    if len(files) > MAX_BATCH_IMAGES:
+        raise gr.Error(
+            f"at most {MAX_BATCH_IMAGES} images at once; got {len(files)}. Split them up."
+        )
 
 
 def _sibling_detector(base: Detector, checkpoint: str) -> Detector:
@@ -490,46 +498,9 @@ def _single_image_tab(demo: Demo) -> None:
     kept = gr.State(time_to_live=3600)  # the last prediction, for re-thresholding
     with gr.Row():
         with gr.Column(scale=2):
-            image = gr.Image(
-                label="Image (drop, paste or webcam)",
-                sources=["upload", "clipboard", "webcam"],
-                type="filepath",
-                image_mode=None,
-                elem_id="input-image",
-            )
-            class_name = gr.Textbox(
-                label="Class name (optional)", info=CLASS_NAME_INFO, placeholder="object",
-                max_lines=1, elem_id="class-name",
-            )  # fmt: skip
-            checkpoint = _checkpoint_dropdown(demo)
-            threshold = _threshold_slider()
-            run = gr.Button("Detect anomalies", variant="primary", elem_id="run")
-            examples = [
-                [str(EXAMPLES_DIR / f), c] for f, c in EXAMPLES if (EXAMPLES_DIR / f).is_file()
-            ]
-            if examples:
-                gr.Examples(examples, inputs=[image, class_name], label="Examples (click one)")
+            image, class_name, checkpoint, threshold, run = _single_image_inputs(demo)
         with gr.Column(scale=3):
-            with gr.Row():
-                overlay = gr.Image(
-                    label="Heat map over the image", elem_id="overlay", interactive=False
-                )
-                heatmap = gr.Image(
-                    label="Heat map and colour scale", elem_id="heatmap", interactive=False
-                )
-            with gr.Row():
-                outlined = gr.Image(
-                    label="Regions at the threshold", elem_id="outlined", interactive=False
-                )
-                with gr.Column():
-                    score = gr.Number(
-                        value=None,
-                        label="Anomaly score (0 to 1)",
-                        elem_id="score",
-                        interactive=False,
-                    )
-                    verdict = gr.Markdown(label="Verdict", elem_id="verdict")
-                    timing = gr.Markdown(label="Timing", elem_id="timing")
+            overlay, score, verdict, heatmap, outlined, timing = _single_image_results()
     outputs = [overlay, score, verdict, heatmap, outlined, timing, kept]
     run.click(
         demo.detect_for_page, [image, class_name, threshold, checkpoint], outputs,
@@ -538,6 +509,41 @@ def _single_image_tab(demo: Demo) -> None:
     threshold.release(
         demo.apply_threshold, [kept, threshold], [verdict, outlined], api_visibility="private"
     )
+
+
+def _single_image_inputs(demo: Demo) -> tuple[gr.Component, ...]:
+    """The image drop, class name, checkpoint, threshold, run button and examples."""
+    image = gr.Image(
+        label="Image (drop, paste or webcam)", sources=["upload", "clipboard", "webcam"],
+        type="filepath", image_mode=None, elem_id="input-image",
+    )  # fmt: skip
+    class_name = gr.Textbox(
+        label="Class name (optional)", info=CLASS_NAME_INFO, placeholder="object",
+        max_lines=1, elem_id="class-name",
+    )  # fmt: skip
+    checkpoint = _checkpoint_dropdown(demo)
+    threshold = _threshold_slider()
+    run = gr.Button("Detect anomalies", variant="primary", elem_id="run")
+    examples = [[str(EXAMPLES_DIR / f), c] for f, c in EXAMPLES if (EXAMPLES_DIR / f).is_file()]
+    if examples:
+        gr.Examples(examples, inputs=[image, class_name], label="Examples (click one)")
+    return image, class_name, checkpoint, threshold, run
+
+
+def _single_image_results() -> tuple[gr.Component, ...]:
+    """Overlay and heat map above; outlined regions beside score, verdict and timing below."""
+    with gr.Row():
+        overlay = gr.Image(label="Heat map over the image", elem_id="overlay", interactive=False)
+        heatmap = gr.Image(label="Heat map and colour scale", elem_id="heatmap", interactive=False)
+    with gr.Row():
+        outlined = gr.Image(label="Regions at the threshold", elem_id="outlined", interactive=False)
+        with gr.Column():
+            score = gr.Number(
+                value=None, label="Anomaly score (0 to 1)", elem_id="score", interactive=False
+            )
+            verdict = gr.Markdown(label="Verdict", elem_id="verdict")
+            timing = gr.Markdown(label="Timing", elem_id="timing")
+    return overlay, score, verdict, heatmap, outlined, timing
 
 
 def _many_images_tab(demo: Demo) -> None:

@@ -212,6 +212,16 @@ def test_detect_many_scores_good_files_and_reports_bad_ones(
     assert float(table[1][2]) == pytest.approx(expected[0], abs=1e-6)
 
 
+def test_detect_many_reports_files_over_the_upload_limit(demo, golden_images, monkeypatch):
+    small, large = sorted(golden_images[:2], key=lambda p: p.stat().st_size)
+    monkeypatch.setattr(app, "MAX_UPLOAD_BYTES", small.stat().st_size)
+
+    gallery, rows, _ = demo.detect_many([str(large), str(small)], "")
+
+    assert "upload limit" in rows[0][4] and rows[0][2] is None
+    assert rows[1][4] == "" and rows[1][1] == "object" and len(gallery) == 1
+
+
 def test_detect_many_needs_files_and_caps_their_number(demo, golden_images, monkeypatch):
     with pytest.raises(gr.Error, match="add one or more"):
         demo.detect_many([], "bottle")
