@@ -577,6 +577,19 @@ def _env_flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _env_int(
+    parser: argparse.ArgumentParser, env: dict[str, str], name: str, default: int | None
+) -> int | None:
+    """An integer environment variable, ``default`` when unset; a usage error when not a number."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        parser.error(f"{name} must be a whole number; got {value!r}.")
+
+
 def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """Command-line options; ``ADACLIP_*`` environment variables set their defaults."""
     env = os.environ if environ is None else environ
@@ -594,14 +607,14 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     parser.set_defaults(
         checkpoint=env.get("ADACLIP_CHECKPOINT", "all"),
         backbone=env.get("ADACLIP_BACKBONE", parser.get_default("backbone")),
-        backbone_weights=env.get("ADACLIP_BACKBONE_WEIGHTS"),
-        image_size=int(env.get("ADACLIP_IMAGE_SIZE", 518)),
+        backbone_weights=env.get("ADACLIP_BACKBONE_WEIGHTS") or None,
+        image_size=_env_int(parser, env, "ADACLIP_IMAGE_SIZE", 518),
         device=env.get("ADACLIP_DEVICE", "auto"),
         precision=env.get("ADACLIP_PRECISION", "fp32"),
         host=env.get("ADACLIP_HOST", "0.0.0.0" if on_space else "127.0.0.1"),
-        port=int(env["ADACLIP_PORT"]) if env.get("ADACLIP_PORT") else (7860 if on_space else None),
+        port=_env_int(parser, env, "ADACLIP_PORT", 7860 if on_space else None),
         share=_env_flag(env.get("ADACLIP_SHARE")),
-        concurrency=int(env.get("ADACLIP_CONCURRENCY", 2)),
+        concurrency=_env_int(parser, env, "ADACLIP_CONCURRENCY", 2),
     )
     return parser
 

@@ -310,6 +310,14 @@ def test_options_come_from_flags_then_environment_then_defaults():
     assert (space.host, space.port) == ("0.0.0.0", 7860)
 
 
+def test_environment_number_that_is_not_one_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        app.build_parser({"ADACLIP_IMAGE_SIZE": "big"})
+
+    assert exit_info.value.code == 2
+    assert "ADACLIP_IMAGE_SIZE must be a whole number; got 'big'" in capsys.readouterr().err
+
+
 def test_cli_serve_runs_app_py_with_its_options(tmp_path, capsys):
     missing = tmp_path / "missing.pth"
 
