@@ -6,6 +6,13 @@ context with open_clip's causal mask, every token through the last vision block,
 one image at a time, each layer's map upsampled before the layers are averaged. The
 library's shortcuts (fused attention, context cut, class-token-only last block, one
 upsample of averaged logits) must give the same numbers.
+
+At full size the comparison is split at the one discontinuous step. Hybrid semantic fusion
+sorts the patch probabilities and clusters the top ``k``; with random ViT-L weights some of
+those probabilities lie closer together than fp32 rounding (1e-6), so two correct fp32
+implementations may pick a different order and move the score by about 1e-4 (measured:
+3.7e-4 on one image). There the maps, the scores without fusion, and the fusion itself on
+identical inputs are each compared; the tiny model is compared end to end.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from adaclip.backbone import load_backbone
 from adaclip.config import AdaCLIPConfig
 from adaclip.detector import Detector
 from adaclip.images import load_image, preprocess
-from adaclip.model import AdaCLIP
+from adaclip.model import AdaCLIP, Encoded
 
 NORMAL = ["{}", "flawless {}", "perfect {}", "unblemished {}"]
 NORMAL += ["{} without flaw", "{} without defect", "{} without damage"]
@@ -46,6 +53,17 @@ class PlainAdaCLIP:
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, class_name: str) -> tuple[float, torch.Tensor]:
         """Score and raw map ``(S, S)`` of one image ``(3, S, S)``."""
+        logits, patches, image_feature, text = self.features(image, class_name)
+        if self.cfg.use_hsf:
+            alpha = self.cfg.hsf_alpha
+            fused = self.fused(logits, patches)
+            image_feature = F.normalize(alpha * fused + (1 - alpha) * image_feature, dim=-1)
+        return self.score(image_feature, text), self.anomaly_map(logits)
+
+    @torch.no_grad()
+    def features(self, image: torch.Tensor, class_name: str):
+        """Per-layer logits ``N x (L, 2)``, patch features ``N x (L, E)``, the image feature
+        ``(E,)`` before fusion and the text features ``(E, 2)`` of one image."""
         x = image[None]  # (1, 3, S, S)
         g = self.clip.encode_image(x)  # (1, E), not normalised
         visual_prompts = self.hybrid(
@@ -59,10 +77,11 @@ class PlainAdaCLIP:
         ]
         image_feature = F.normalize(self.m.cls_token_layer.head[0](pooled[0]), dim=-1)  # (E,)
         logits = [self.cfg.logit_scale * p @ text for p in patches]  # N x (L, 2)
-        if self.cfg.use_hsf:
-            image_feature = self.fusion(logits, patches, image_feature)
-        score = (self.cfg.logit_scale * image_feature @ text).softmax(dim=-1)[1]
-        return float(score), self.anomaly_map(logits)
+        return logits, patches, image_feature, text
+
+    def score(self, image_feature: torch.Tensor, text: torch.Tensor) -> float:
+        """Abnormal probability of the image feature ``(E,)`` against the text ``(E, 2)``."""
+        return float((self.cfg.logit_scale * image_feature @ text).softmax(dim=-1)[1])
 
     def hybrid(self, generator, static, g: torch.Tensor) -> list[torch.Tensor]:
         """Per block: static + dynamic prompt, added in fp32, rounded through fp16: (M, D)."""
@@ -106,8 +125,8 @@ class PlainAdaCLIP:
             states.append(F.normalize(F.normalize(end, dim=-1).mean(dim=0), dim=-1))
         return torch.stack(states, dim=1)
 
-    def fusion(self, logits, patches, image_feature: torch.Tensor) -> torch.Tensor:
-        """Hybrid semantic fusion (section 7) of one image's feature."""
+    def fused(self, logits, patches) -> torch.Tensor:
+        """Hybrid semantic fusion (section 7): the fused patch feature ``(E,)``."""
         K = self.cfg.hsf_clusters
         probs = torch.stack(logits).mean(dim=0).softmax(dim=-1)[:, 1]  # (L,)
         k = min(len(probs), self.cfg.hsf_topk_factor * K)
@@ -116,12 +135,10 @@ class PlainAdaCLIP:
         labels = KMeans(
             n_clusters=min(K, k), n_init="auto", random_state=self.cfg.kmeans_seed
         ).fit_predict(per_layer.reshape(k, -1))
-        centres = [
-            per_layer[labels == c].reshape(-1, per_layer.shape[2]).mean(axis=0) for c in set(labels)
-        ]
-        fused = F.normalize(torch.from_numpy(np.mean(centres, axis=0)), dim=-1)
-        alpha = self.cfg.hsf_alpha
-        return F.normalize(alpha * fused + (1 - alpha) * image_feature, dim=-1)
+        members = [per_layer[labels == c].reshape(-1, per_layer.shape[2]) for c in set(labels)]
+        return F.normalize(
+            torch.from_numpy(np.mean([m.mean(axis=0) for m in members], axis=0)), dim=-1
+        )
 
     def anomaly_map(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """Each layer upsampled to ``S x S``, then averaged, softmaxed: ``(S, S)``."""
@@ -175,6 +192,32 @@ def test_bf16_stays_close_to_fp32_on_golden_model(
     assert np.abs(scores16 - scores32).max() < 0.02
 
 
+def check_split(model: AdaCLIP, images: torch.Tensor, names: list[str], tolerance: float) -> None:
+    """Maps, scores without fusion, and the fusion on identical inputs, against the plain
+    version (see the module docstring for why the fused score is not compared at full size)."""
+    with torch.inference_mode():
+        unfused = model.finish(model.encode(images, names), fused=None)
+    plain = PlainAdaCLIP(model)
+    for image, name, raw, score in zip(images, names, unfused.maps, unfused.scores):
+        logits, patches, image_feature, text = plain.features(image, name)
+        same_inputs = Encoded(
+            patches=torch.stack(patches)[None],  # N x (L, E) -> (1, N, L, E)
+            image=image_feature[None],
+            text=text[None],
+            logits=torch.stack(logits)[None],  # N x (L, 2) -> (1, N, L, 2)
+        )
+        fused = model.cluster(model.fusion_points(same_inputs))[0]
+
+        assert (raw - plain.anomaly_map(logits)).abs().max() < tolerance
+        assert abs(float(score) - plain.score(image_feature, text)) < tolerance
+        assert (fused - plain.fused(logits, patches)).abs().max() < 1e-5
+
+
+def test_split_comparison_on_golden_model(golden_detector, golden_dir, golden):
+    images, names = golden_inputs(golden_dir, golden)
+    check_split(golden_detector.model, images, names, tolerance=1e-5)
+
+
 @pytest.mark.slow
 def test_fast_model_matches_plain_method_at_full_size(golden_dir, golden):
     torch.manual_seed(0)
@@ -182,6 +225,4 @@ def test_fast_model_matches_plain_method_at_full_size(golden_dir, golden):
     model = AdaCLIP(clip, AdaCLIPConfig(image_size=518)).eval()
     cases = golden["cases"][:2]
     images = torch.stack([preprocess(load_image(golden_dir / c["image"]), 518) for c in cases])
-    map_diff, score_diff = compare(model, images, [c["class_name"] for c in cases])
-    assert map_diff < 1e-4
-    assert score_diff < 1e-4
+    check_split(model, images, [c["class_name"] for c in cases], tolerance=1e-4)
