@@ -111,8 +111,13 @@ def _create(name: str, source: str | None) -> torch.nn.Module:
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"backbone weights file {source} does not exist.")
-    with torch.device("meta"):
-        model = open_clip.create_model(name, pretrained=None, device="meta")
+    quiet = _DropRecords("No pretrained weights loaded")  # they are loaded just below
+    logging.getLogger().addFilter(quiet)
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+    finally:
+        logging.getLogger().removeFilter(quiet)
     try:
         model.load_state_dict(_read_weights(path), strict=True, assign=True)
     except RuntimeError as err:
@@ -125,6 +130,17 @@ def _create(name: str, source: str | None) -> torch.nn.Module:
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not meta, f"tensors left unloaded: {meta}"
     return model
+
+
+class _DropRecords(logging.Filter):
+    """Drops log records whose message starts with a given text."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 def _torch_load(path: Path) -> object:
