@@ -58,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=3, help="timed batch-1 runs")
     parser.add_argument("--throughput-repeats", type=int, default=1, help="timed runs per batch")
+    parser.add_argument(
+        "--pipeline-batches",
+        type=int,
+        help="also time predict_batch over this many chunks per batch size "
+        "(default: 3 on CUDA, 0 on CPU)",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed batch-1 runs first")
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads (default: torch's)")
     parser.add_argument("--images", nargs="+", type=Path, help="real images for the accuracy check")
@@ -88,6 +94,13 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda was given but torch sees no CUDA GPU; use --device cpu.")
     return name
+
+
+def pipeline_batches(requested: int | None, device: str) -> int:
+    """Chunks per ``predict_batch`` timing: worth it where fusion overlaps the device."""
+    if requested is not None:
+        return requested
+    return 3 if device == "cuda" else 0
 
 
 def machine(device: str, threads: int | None) -> dict:
@@ -244,23 +257,34 @@ def _met(figures: dict, precision: str, name: str, limit: float) -> bool | None:
 def table(results: dict, batch_sizes: list[int], device: str) -> str:
     """The results as a Markdown table, one row per precision."""
     gpu = device == "cuda"
+    piped = [
+        B for B in batch_sizes if all(str(B) in r.get("pipelined", {}) for r in results.values())
+    ]
     header = ["precision", "load s", "load + 1st run s", "model s/img", "end-to-end s/img"]
     header += [f"img/s B={B}" for B in batch_sizes]
+    header += [f"img/s B={B} predict_batch" for B in piped]
     header += ["peak RSS MB (B=1)", "peak RSS MB (load)"] + (["peak GPU MB (B=1)"] if gpu else [])
     header += ["max map diff", "max score diff"]
-    rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for precision, r in results.items():
-        lat, acc = r["latency"], r.get("accuracy_vs_fp32") or {}
-        first = r["cold_start_s"] + (lat["first_run_s"] or 0.0)
-        cells = [precision, f"{r['cold_start_s']:.1f}", f"{first:.1f}"]
-        cells.append(f"{lat['model_s']['median']:.2f}")
-        cells.append(f"{lat['end_to_end_s']['median']:.2f}")
-        cells += [f"{r['throughput'][str(B)]['images_per_s']:.3f}" for B in batch_sizes]
-        cells += [f"{lat['peak_rss_mb']:.0f}", f"{r['cold_start_peaks']['peak_rss_mb']:.0f}"]
-        cells += [f"{lat['peak_gpu_mb']:.0f}"] if gpu else []
-        cells += [_diff(acc, "max_map_diff"), _diff(acc, "max_score_diff")]
-        rows.append("| " + " | ".join(cells) + " |")
+    rows = [_row(header), "|" + " --- |" * len(header)]
+    rows += [_row(_cells(p, r, batch_sizes, piped, gpu)) for p, r in results.items()]
     return "\n".join(rows)
+
+
+def _cells(precision: str, r: dict, batch_sizes: list[int], piped: list[int], gpu: bool) -> list:
+    """One table row's cells for one precision's results ``r``."""
+    lat, acc = r["latency"], r.get("accuracy_vs_fp32") or {}
+    first = r["cold_start_s"] + (lat["first_run_s"] or 0.0)
+    cells = [precision, f"{r['cold_start_s']:.1f}", f"{first:.1f}"]
+    cells += [f"{lat['model_s']['median']:.2f}", f"{lat['end_to_end_s']['median']:.2f}"]
+    cells += [f"{r['throughput'][str(B)]['images_per_s']:.3f}" for B in batch_sizes]
+    cells += [f"{r['pipelined'][str(B)]['images_per_s']:.3f}" for B in piped]
+    cells += [f"{lat['peak_rss_mb']:.0f}", f"{r['cold_start_peaks']['peak_rss_mb']:.0f}"]
+    cells += [f"{lat['peak_gpu_mb']:.0f}"] if gpu else []
+    return [*cells, _diff(acc, "max_map_diff"), _diff(acc, "max_score_diff")]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _diff(accuracy_: dict, key: str) -> str:
@@ -286,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
             "repeats": args.repeats,
             "throughput_repeats": args.throughput_repeats,
             "warmup": args.warmup,
+            "pipeline_batches": pipeline_batches(args.pipeline_batches, device),
             "threads": args.threads,
             "accuracy_images": min(args.accuracy_images, len(images)),
             **weights(args, folder),

@@ -15,7 +15,7 @@ def test_quick_benchmark_writes_table_and_json(tmp_path, shared_dir):
     out = tmp_path / "bench.json"
     command = [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick"]
     command += ["--device", "cpu", "--batch-sizes", "1,2", "--accuracy-images", "2"]
-    command += ["--json", str(out)]
+    command += ["--pipeline-batches", "2", "--json", str(out)]
     env = {**os.environ, "ADACLIP_SHARED": str(shared_dir)}
     process = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert process.returncode == 0, process.stderr
@@ -34,6 +34,7 @@ def test_quick_benchmark_writes_table_and_json(tmp_path, shared_dir):
         assert result["cold_start_s"] > 0
         assert set(result["throughput"]) == {"1", "2"}
         assert all(t["images_per_s"] > 0 for t in result["throughput"].values())
+        assert result["pipelined"]["2"]["images"] == 4
         assert 10 < latency["peak_rss_mb"] < 20_000
         assert "outputs" not in result
     accuracy = report["results"]["bf16"]["accuracy_vs_fp32"]
