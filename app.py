@@ -564,7 +564,8 @@ def _many_images_tab(demo: Demo) -> None:
             gallery = gr.Gallery(label="Heat maps", columns=4, height="auto")
             table = gr.Dataframe(
                 headers=TABLE_HEADERS, datatype=["str", "str", "number", "str", "str"],
-                label="Scores (click a column to sort)", interactive=False, elem_id="batch-table",
+                label="Scores (click a column to sort)", interactive=False, wrap=True,
+                elem_id="batch-table",
             )  # fmt: skip
             download = gr.File(label="Scores as CSV")
     run.click(
