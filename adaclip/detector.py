@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,15 +182,29 @@ class Detector:
         names = _per_image(class_names, len(images))
         results: list[Prediction | Failure | None] = [None] * len(images)
         total = len(images)
+        chunks = [range(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
         with _Background(self.overlap_fusion) as background:
-            for start in range(0, total, batch_size):
-                chunk = range(start, min(start + batch_size, total))
-                ready = self._decode(images, names, chunk, results)
+            for chunk, ready in self._decoded(images, names, chunks, results):
                 encoded = self._encode(ready) if ready else None
                 background.submit(self._complete, ready, encoded, raw_maps, results)
                 if progress is not None:
                     background.submit(progress, chunk.stop, total)
         return results  # type: ignore[return-value]
+
+    def _decoded(self, images, names, chunks, results) -> Iterator[tuple[range, list[tuple]]]:
+        """Yields each chunk decoded; with overlap on, the next one decodes meanwhile."""
+        if not self.overlap_fusion:
+            for chunk in chunks:
+                yield chunk, self._decode(images, names, chunk, results)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            upcoming = [pool.submit(self._decode, images, names, c, results) for c in chunks[:1]]
+            for position, chunk in enumerate(chunks):
+                ready = upcoming.pop().result()
+                if position + 1 < len(chunks):
+                    following = chunks[position + 1]
+                    upcoming.append(pool.submit(self._decode, images, names, following, results))
+                yield chunk, ready
 
     def _decode(self, images, names, indices, results) -> list[tuple]:
         """Decodes one chunk; failures go straight into ``results``, the rest are returned."""
@@ -205,15 +219,14 @@ class Detector:
                 logger.warning("item %d (%s) failed: %s", i, source, err)
                 results[i] = Failure(i, source, err)
                 continue
-            ready.append((i, source, name, picture))
+            ready.append((i, source, name, picture, preprocess(picture, self.config.image_size)))
         return ready
 
     @torch.inference_mode()
     def _encode(self, ready: list[tuple]) -> tuple[Encoded, np.ndarray | None]:
         """The device part of a chunk's forward pass, up to the fusion's input points."""
-        S = self.config.image_size
-        batch = torch.stack([preprocess(p, S) for _, _, _, p in ready])  # (B, 3, S, S)
-        names = [name for _, _, name, _ in ready]
+        batch = torch.stack([item[4] for item in ready])  # B x (3, S, S) -> (B, 3, S, S)
+        names = [item[2] for item in ready]
         encoded = self.model.encode(batch.to(self.device, torch.float32), names)
         points = self.model.fusion_points(encoded) if self.config.use_hsf else None
         return encoded, points
@@ -227,7 +240,7 @@ class Detector:
         fused = self.model.cluster(points) if points is not None else None
         out = self.model.finish(encoded, fused)
         scores, maps = out.scores.float().cpu().numpy(), out.maps.float().cpu().numpy()
-        for (i, source, name, picture), score, raw in zip(ready, scores, maps):
+        for (i, source, name, picture, _), score, raw in zip(ready, scores, maps):
             array = np.asarray(picture)
             results[i] = Prediction(
                 score=float(score),

@@ -49,11 +49,12 @@ def cluster_centres(points: np.ndarray, n_clusters: int, seed: int, num_layers: 
 def _cluster_all(points: np.ndarray, n_clusters: int, seed: int, num_layers: int) -> np.ndarray:
     """Runs the per-image K-means of a batch side by side: ``(B, k, N*E) -> (B, E)``.
 
-    Each fit is small, so BLAS threads only add start-up and spin-wait costs (about 10x
-    slower here) without changing the result; the images use the cores instead.
+    Each fit is small (one of scikit-learn's 256-point chunks), so BLAS and OpenMP threads
+    only add start-up and spin-wait costs (2-10x slower here) without changing the result;
+    the images use the cores instead.
     """
     workers = min(len(points), os.cpu_count() or 1)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1):
         if workers == 1:
             return np.stack([_mean_of_centres(p, n_clusters, seed, num_layers) for p in points])
         with ThreadPoolExecutor(max_workers=workers) as pool:

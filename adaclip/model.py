@@ -350,6 +350,12 @@ def cast_matmuls(clip: CLIP, dtype: torch.dtype) -> None:
     Layer norms, embeddings, projections and the residual stream stay float32, which keeps
     bf16 and fp16 close to the exact result at nearly the full speed of low precision.
     """
+    if dtype == torch.float32:
+        return
     for block in [*clip.visual.transformer.resblocks, *clip.transformer.resblocks]:
         block.attn.to(dtype)
         block.mlp.to(dtype)
+    for tensor in [*clip.parameters(), *clip.buffers()]:
+        if tensor.dtype == torch.float32:
+            # Own copies of what stays float32, so a memory-mapped weights file is let go.
+            tensor.data = tensor.data.clone()
