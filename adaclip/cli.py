@@ -29,6 +29,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="published name (all, mvtec-colondb, visa-clinicdb), hf://OWNER/REPO/PATH or a "
         "local .pth/.safetensors file (default: all)",
     )
+    add_backbone_options(group)
+    group.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32 (exact)"
+    )
+    group.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+
+
+def add_backbone_options(group: argparse._ActionsContainer) -> None:
+    """Backbone, input size and device: what every command that builds a model needs."""
     group.add_argument(
         "--backbone",
         default=DEFAULT_BACKBONE,
@@ -37,10 +46,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone-weights", help="local backbone state dict instead of the Hub")
     group.add_argument("--image-size", type=int, default=518, help="input side S (default: 518)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    group.add_argument(
-        "--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32 (exact)"
-    )
-    group.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
 
 
 def detector_from_args(args: argparse.Namespace) -> Detector:
@@ -260,14 +265,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int, help="steps per epoch at most (smoke runs)")
     parser.add_argument("--pixel-size", type=int, help="validation pixel-metric side (S)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    parser.add_argument(
-        "--backbone",
-        default=DEFAULT_BACKBONE,
-        help=f"open_clip model name or local JSON config (default: {DEFAULT_BACKBONE})",
-    )
-    parser.add_argument("--backbone-weights", help="local backbone state dict instead of the Hub")
-    parser.add_argument("--image-size", type=int, default=518, help="input side S (default: 518)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_backbone_options(parser)
     parser.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),
