@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 
 from adaclip.checkpoints import fetch_backbone
-from adaclip.errors import CheckpointError
+from adaclip.errors import AdaCLIPError, CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +182,11 @@ def resize_grid(model: CLIP, image_size: int) -> None:
     """
     visual = model.visual
     P = visual.patch_size[0]
-    if image_size % P:
-        raise ValueError(f"image_size must be a multiple of the patch size {P}; got {image_size}.")
+    if image_size < P or image_size % P:
+        raise AdaCLIPError(
+            f"image_size must be a positive multiple of the patch size {P}; got {image_size} "
+            f"(518 for the published checkpoints)."
+        )
     pos = visual.positional_embedding.data
     N, D = pos.shape
     old = math.isqrt(N - 1)

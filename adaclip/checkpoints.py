@@ -212,6 +212,8 @@ def hub_download(file: HubFile) -> Path:
         HubError: The file could not be had; the message says why and what to do.
     """
     offline = is_offline()
+    if not offline and _cached(file) is None:
+        logger.info("downloading %s from %s into %s", file, hub_endpoint(), hub_cache_dir())
     # TODO(#3): with no cached copy, huggingface_hub retries an unreachable Hub for about 25 s
     # (minutes if packets are dropped) before failing, and it reads HF_HUB_OFFLINE for its own
     # header lookup only at import; neither can be tuned through hf_hub_download's arguments.
@@ -235,12 +237,14 @@ def hub_download(file: HubFile) -> Path:
 def explain_hub_failure(err: Exception, file: HubFile, offline: bool) -> str:
     """Turns a huggingface_hub or network exception into what happened and what to do."""
     endpoint = hub_endpoint()
-    local = "or pass a local file instead"
+    local = (
+        "or pass a local file instead (--checkpoint PATH; --backbone-weights PATH for the backbone)"
+    )
     if isinstance(err, LocalEntryNotFoundError) and offline:
         return (
             f"{file} is not in the cache ({hub_cache_dir()}) and HF_HUB_OFFLINE=1 forbids "
-            "downloading it. Run `python -m adaclip download` where the network is reachable "
-            f"(with the same HF_HOME), unset HF_HUB_OFFLINE, {local}."
+            "downloading it. Unset HF_HUB_OFFLINE to download it, copy in a cache filled by "
+            f"`python -m adaclip download` on a machine with network (same HF_HOME), {local}."
         )
     if isinstance(err, LocalEntryNotFoundError):
         return (

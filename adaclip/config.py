@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from adaclip.errors import AdaCLIPError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -43,13 +45,13 @@ class AdaCLIPConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
-            raise ValueError(f"image_size must be at least 16 pixels; got {self.image_size}.")
+            raise AdaCLIPError(f"image_size must be at least 16 pixels; got {self.image_size}.")
         if not 1 <= self.prompt_length <= 20:
-            raise ValueError(f"prompt_length must be between 1 and 20; got {self.prompt_length}.")
+            raise AdaCLIPError(f"prompt_length must be between 1 and 20; got {self.prompt_length}.")
         if self.prompt_depth < 1:
-            raise ValueError(f"prompt_depth must be at least 1; got {self.prompt_depth}.")
+            raise AdaCLIPError(f"prompt_depth must be at least 1; got {self.prompt_depth}.")
         if not 0.0 <= self.hsf_alpha <= 1.0:
-            raise ValueError(f"hsf_alpha must lie in [0, 1]; got {self.hsf_alpha}.")
+            raise AdaCLIPError(f"hsf_alpha must lie in [0, 1]; got {self.hsf_alpha}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the settings as a JSON-ready dict."""
@@ -65,7 +67,7 @@ class AdaCLIPConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise AdaCLIPError(
                 f"unknown AdaCLIPConfig keys {unknown}; known keys are {sorted(known)}."
             )
         return cls(**values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from adaclip import prompts, render
@@ -47,6 +49,13 @@ class Prediction:
     source: str
     raw_map: np.ndarray | None = None
     ok: bool = True
+
+    def __repr__(self) -> str:
+        H, W = self.anomaly_map.shape
+        return (
+            f"Prediction(score={self.score:.4f}, class_name={self.class_name!r}, "
+            f"source={self.source!r}, size={W}x{H}, raw_map={self.raw_map is not None})"
+        )
 
     def overlay(self, alpha: float = 0.5) -> np.ndarray:
         """The heat map blended over the image, ``(H, W, 3)`` uint8."""
@@ -177,8 +186,13 @@ class Detector:
         Returns:
             One :class:`Prediction` or :class:`Failure` per input, in input order.
         """
+        if isinstance(images, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
+            raise TypeError(
+                "predict_batch takes a list of images; use predict() for a single image or "
+                "wrap it in a list."
+            )
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+            raise AdaCLIPError(f"batch_size must be at least 1; got {batch_size}.")
         names = _per_image(class_names, len(images))
         results: list[Prediction | Failure | None] = [None] * len(images)
         total = len(images)
@@ -216,7 +230,7 @@ class Detector:
                 prompts.tokenize_class(name)
                 picture = load_image(images[i], self.max_pixels, source)
             except AdaCLIPError as err:
-                logger.warning("item %d (%s) failed: %s", i, source, err)
+                logger.warning("%s failed: %s", source, err)
                 results[i] = Failure(i, source, err)
                 continue
             ready.append((i, source, name, picture, preprocess(picture, self.config.image_size)))
@@ -280,7 +294,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """Turns ``auto`` into CUDA when available, else CPU; checks explicit CUDA requests."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise AdaCLIPError(
+            f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N."
+        ) from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise AdaCLIPError(
             "device 'cuda' was requested but no CUDA GPU is available; use --device cpu."

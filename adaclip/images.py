@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -13,10 +14,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from adaclip.config import OPENAI_MEAN, OPENAI_STD
 from adaclip.errors import ImageError
 
-ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | BinaryIO
+"""A path, encoded bytes or a binary file object, a PIL image, or a numpy array."""
 
 MAX_PIXELS = 64_000_000
 """Largest image (width x height) we decode; larger files are refused as possible bombs."""
+
+MAX_FILE_BYTES = 512 * 2**20
+"""Largest encoded file we read into memory."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
 
@@ -34,10 +39,10 @@ def load_image(
 ) -> Image.Image:
     """Decodes any supported input into an 8-bit RGB PIL image, upright.
 
-    Paths, bytes and PIL images are decoded with the EXIF orientation applied; numpy arrays
-    may be ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` of uint8, uint16 or float
-    in [0, 1]. Transparent pixels are composited onto white. 16-bit and float images are
-    scaled to 8 bits over their type's full range.
+    Paths, bytes, binary file objects and PIL images are decoded with the EXIF orientation
+    applied; numpy arrays may be ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` of
+    uint8, uint16 or float in [0, 1] (RGB channel order). Transparent pixels are composited
+    onto white. 16-bit and float images are scaled to 8 bits over their type's full range.
 
     Raises:
         ImageError: The input is missing, empty, corrupt, not an image or too large; the
@@ -45,12 +50,21 @@ def load_image(
     """
     name = name or describe(source)
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2:
+            _check_size(source.shape[1], source.shape[0], max_pixels, name)
         return _from_array(source, name)
+    if hasattr(source, "read"):
+        source = _read_stream(source, name)
     if isinstance(source, Image.Image):
         image = source
-    else:
+    elif isinstance(source, (str, os.PathLike, bytes, bytearray)):
         image = _open(source, name)
-    _check_size(image, max_pixels, name)
+    else:
+        raise ImageError(
+            f"{name} is a {type(source).__name__}; give a file path, encoded image bytes, a "
+            "binary file object, a PIL image or a numpy array."
+        )
+    _check_size(*image.size, max_pixels, name)
     try:
         image = ImageOps.exif_transpose(image)
         return to_rgb(image)
@@ -60,24 +74,41 @@ def load_image(
         ) from err
 
 
+def _read_stream(stream: BinaryIO, name: str) -> bytes:
+    """Reads a binary file object, refusing text streams and oversized content."""
+    data = stream.read(MAX_FILE_BYTES + 1)
+    if not isinstance(data, (bytes, bytearray)):
+        raise ImageError(f"{name} is a text stream; open the file in binary mode ('rb').")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{name} is larger than {MAX_FILE_BYTES // 2**20} MB; use a smaller file.")
+    return bytes(data)
+
+
 def _open(source: str | os.PathLike | bytes, name: str) -> Image.Image:
     """Opens a path or bytes lazily (header only) and turns every failure into ImageError."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
-            raise ImageError(f"{name} is empty (0 bytes); upload an image file.")
+            raise ImageError(f"{name} is empty (0 bytes); give an image file.")
         stream = io.BytesIO(source)
     else:
         path = Path(source)
         if not path.is_file():
             raise ImageError(f"{name} does not exist or is not a file.")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name} is empty (0 bytes); upload an image file.")
+        size = path.stat().st_size
+        if size == 0:
+            raise ImageError(f"{name} is empty (0 bytes); give an image file.")
+        if size > MAX_FILE_BYTES:
+            raise ImageError(
+                f"{name} is {size / 2**20:.0f} MB, more than the {MAX_FILE_BYTES // 2**20} MB "
+                "limit; use a smaller file."
+            )
         stream = io.BytesIO(path.read_bytes())
     try:
         return Image.open(stream)
     except Image.DecompressionBombError as err:
         raise ImageError(
-            f"{name} is too large to decode safely ({err}); downscale it before uploading."
+            f"{name} is too large: its header claims more than {2 * Image.MAX_IMAGE_PIXELS:,} "
+            "pixels, which could be a decompression bomb; downscale it first."
         ) from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageError(
@@ -85,15 +116,14 @@ def _open(source: str | os.PathLike | bytes, name: str) -> Image.Image:
         ) from err
 
 
-def _check_size(image: Image.Image, max_pixels: int, name: str) -> None:
+def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
     """Refuses empty images and decompression bombs before any pixel is decoded."""
-    width, height = image.size
     if width < 1 or height < 1:
         raise ImageError(f"{name} has no pixels ({width}x{height}).")
     if width * height > max_pixels:
         raise ImageError(
             f"{name} is too large: {width}x{height} = {width * height:,} pixels, more than the "
-            f"limit of {max_pixels:,}; downscale it before uploading."
+            f"limit of {max_pixels:,}; downscale it first."
         )
 
 
@@ -126,6 +156,12 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ImageError(f"{name} contains NaN or infinite values.")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageError(
+                f"{name} is a float array with values in [{low:g}, {high:g}]; float images must "
+                "lie in [0, 1]. Divide 8-bit data by 255 or pass it as uint8."
+            )
         scaled = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.integer):
         top = max(65535, int(array.max()))  # 16-bit range unless values exceed it

@@ -43,6 +43,10 @@ def normalize_class_name(class_name: str | None) -> str:
     Raises:
         ClassNameError: The name is too long for the text encoder.
     """
+    if class_name is not None and not isinstance(class_name, str):
+        raise ClassNameError(
+            f"class_name must be a string; got {type(class_name).__name__} {class_name!r}."
+        )
     name = " ".join((class_name or "").split())
     if not name:
         return DEFAULT_CLASS_NAME

@@ -112,3 +112,28 @@ def test_overlapped_fusion_gives_the_same_results(golden_detector, images, tmp_p
         if a.ok:
             assert a.score == b.score
             np.testing.assert_array_equal(a.raw_map, b.raw_map)
+
+
+def test_non_string_class_names_are_refused(golden_detector, images):
+    with pytest.raises(ClassNameError, match="must be a string; got int 123"):
+        golden_detector.predict(images[0], 123)
+
+
+def test_a_single_path_is_not_a_batch(golden_detector, images):
+    with pytest.raises(TypeError, match="takes a list of images"):
+        golden_detector.predict_batch(images[0], "screw")
+
+
+def test_bad_batch_size_and_device(golden_detector, images):
+    from adaclip import AdaCLIPError
+    from adaclip.detector import resolve_device
+
+    with pytest.raises(AdaCLIPError, match="batch_size must be at least 1; got 0"):
+        golden_detector.predict_batch(images, batch_size=0)
+    with pytest.raises(AdaCLIPError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_prediction_repr_is_short(golden_detector, images):
+    text = repr(golden_detector.predict(images[3], "brain"))
+    assert text.startswith("Prediction(score=") and "brain" in text and len(text) < 200

@@ -145,3 +145,33 @@ def test_bad_array_shapes(shape):
 def test_nan_array_refused():
     with pytest.raises(ImageError, match="NaN"):
         load_image(np.full((4, 4), np.nan, dtype=np.float32))
+
+
+def test_float_arrays_outside_unit_range_are_refused():
+    with pytest.raises(
+        ImageError, match=r"values in \[0, 255\]; float images must lie in \[0, 1\]"
+    ):
+        load_image(np.array([[0.0, 255.0]], dtype=np.float32))
+    with pytest.raises(ImageError, match="must lie in"):
+        load_image(np.array([[-0.5, 0.5]], dtype=np.float64))
+
+
+def test_binary_file_objects_are_read(golden_dir):
+    with open(golden_dir / "images" / "input_3.jpg", "rb") as handle:
+        from_file = load_image(handle)
+    assert from_file.size == load_image(golden_dir / "images" / "input_3.jpg").size
+    assert load_image(io.BytesIO(_png_bytes(Image.new("L", (3, 2))))).size == (3, 2)
+
+
+def test_text_streams_and_other_types_are_refused():
+    with pytest.raises(ImageError, match="binary mode"):
+        load_image(io.StringIO("hello"), name="notes")
+    with pytest.raises(ImageError, match="is a int; give a file path"):
+        load_image(42)
+    with pytest.raises(ImageError, match="is a NoneType"):
+        load_image(None)
+
+
+def test_large_arrays_respect_the_pixel_limit():
+    with pytest.raises(ImageError, match="more than the limit of 99"):
+        load_image(np.zeros((10, 10), dtype=np.uint8), max_pixels=99)

@@ -8,7 +8,7 @@ import pytest
 from adaclip import render
 from adaclip.backbone import load_backbone
 from adaclip.config import AdaCLIPConfig
-from adaclip.errors import CheckpointError
+from adaclip.errors import AdaCLIPError, CheckpointError
 from adaclip.prompts import sentences, tokenize_class
 
 
@@ -46,7 +46,7 @@ def test_backbone_errors_are_clear(golden_dir, tmp_path):
     bad.write_text('{"hello": 1}')
     with pytest.raises(CheckpointError, match="not an open_clip model config"):
         load_backbone(str(bad))
-    with pytest.raises(ValueError, match="multiple of the patch size 16; got 250"):
+    with pytest.raises(AdaCLIPError, match="positive multiple of the patch size 16; got 250"):
         load_backbone(str(golden_dir / "ViT-T-golden.json"), image_size=250)
 
 
