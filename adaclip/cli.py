@@ -12,12 +12,44 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from adaclip import __version__, prompts
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED
 from adaclip.detector import PRECISIONS, Detector, Failure
 from adaclip.errors import AdaCLIPError
 from adaclip.images import IMAGE_SUFFIXES, list_images
 
 logger = logging.getLogger("adaclip.cli")
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts and sizes: a whole number of at least 1."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type for a whole number of at least 0 (0 meaning none, as for --workers)."""
+    return _whole_number(text, 0)
+
+
+def probability(text: str) -> float:
+    """An argparse type for a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +65,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32 (exact)"
     )
-    group.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    group.add_argument(
+        "--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)"
+    )
 
 
 def add_backbone_options(group: argparse._ActionsContainer) -> None:
@@ -44,7 +78,9 @@ def add_backbone_options(group: argparse._ActionsContainer) -> None:
         help=f"open_clip model name or local JSON config (default: {DEFAULT_BACKBONE})",
     )
     group.add_argument("--backbone-weights", help="local backbone state dict instead of the Hub")
-    group.add_argument("--image-size", type=int, default=518, help="input side S (default: 518)")
+    group.add_argument(
+        "--image-size", type=positive_int, default=518, help="input side S (default: 518)"
+    )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
@@ -74,7 +110,12 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         help="what the object is; once for all images or once per image (default: object)",
     )
     parser.add_argument("--raw-maps", action="store_true", help="save raw S x S maps, not smoothed")
-    parser.add_argument("--output", default="adaclip-output", help="output folder")
+    parser.add_argument(
+        "--output",
+        default="adaclip-output",
+        help="output folder; maps and overlays of an earlier run there are replaced "
+        "(default: adaclip-output)",
+    )
     add_model_options(parser)
     parser.set_defaults(handler=run_predict)
 
@@ -105,10 +146,14 @@ def run_predict(args: argparse.Namespace) -> int:
             f"give --class-name once for all images or once per image; got {len(names)} "
             f"for {len(paths)} images."
         )
+    per_image = [prompts.normalize_class_name(n) for n in names]
+    for name in dict.fromkeys(per_image):
+        prompts.tokenize_class(name)  # a bad name is a usage error: refuse before loading weights
+    if len(per_image) == 1:
+        per_image *= len(paths)
     detector = detector_from_args(args)
     output = Path(args.output)
-    (output / "maps").mkdir(parents=True, exist_ok=True)
-    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    _prepare_output(output)
     with _progress(len(paths)) as bar:
         results = detector.predict_batch(
             [str(p) for p in paths],
@@ -118,8 +163,8 @@ def run_predict(args: argparse.Namespace) -> int:
             progress=bar,
         )
     rows = [
-        _write_result(output, i, path, r, args.raw_maps)
-        for i, (path, r) in enumerate(zip(paths, results))
+        _write_result(output, i, path, name, r, args.raw_maps)
+        for i, (path, name, r) in enumerate(zip(paths, per_image, results))
     ]
     summary = {
         "results": rows,
@@ -138,10 +183,29 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def _write_result(output: Path, index: int, path: Path, result, raw: bool) -> dict:
+def _prepare_output(output: Path) -> None:
+    """Creates the output folders and removes maps and overlays an earlier run left there.
+
+    Only our own ``NNNN_<stem>`` files are removed, so that ``results.json`` never sits next to
+    a stale map from a different run; anything else in the folder is left alone.
+    """
+    try:
+        for sub, suffix in (("maps", ".npy"), ("overlays", ".png")):
+            folder = output / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in folder.glob(f"[0-9][0-9][0-9][0-9]_*{suffix}"):
+                old.unlink()
+    except OSError as err:
+        raise AdaCLIPError(
+            f"cannot write to the output folder {output}: {err.strerror or err}; choose another "
+            "one with --output."
+        ) from err
+
+
+def _write_result(output: Path, index: int, path: Path, class_name: str, result, raw: bool) -> dict:
     """Saves one item's map and overlay and returns its results.json entry."""
     if isinstance(result, Failure):
-        return {"image": str(path), "class_name": None, "error": result.message}
+        return {"image": str(path), "class_name": class_name, "error": result.message}
     stem = f"{index:04d}_{path.stem}"
     map_path = Path("maps") / f"{stem}.npy"
     overlay_path = Path("overlays") / f"{stem}.png"
@@ -208,9 +272,13 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--categories", nargs="+", help="only these categories (default: all)")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="default: auto-detect")
     parser.add_argument(
-        "--pixel-size", type=int, help="side at which pixel metrics are computed (default: S)"
+        "--pixel-size",
+        type=positive_int,
+        help="side at which pixel metrics are computed (default: S)",
     )
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=0, help="data-loading processes"
+    )
     parser.add_argument("--overlays", action="store_true", help="also write heat-map overlays")
     parser.add_argument("--output", default="adaclip-eval", help="output folder")
     add_model_options(parser)
@@ -257,14 +325,18 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", default="adaclip-train", help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output")
     parser.add_argument("--init", help="start from this AdaCLIP checkpoint (default: fresh)")
-    parser.add_argument("--epochs", type=int, default=5, help="default: 5")
-    parser.add_argument("--batch-size", type=int, default=8, help="default: 8")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="default: 5")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="default: 8")
     parser.add_argument("--lr", type=float, default=0.01, help="AdamW learning rate (0.01)")
-    parser.add_argument("--mosaic-prob", type=float, default=0.5, help="default: 0.5")
+    parser.add_argument("--mosaic-prob", type=probability, default=0.5, help="default: 0.5")
     parser.add_argument("--seed", type=int, default=111, help="default: 111")
-    parser.add_argument("--max-steps", type=int, help="steps per epoch at most (smoke runs)")
-    parser.add_argument("--pixel-size", type=int, help="validation pixel-metric side (S)")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument(
+        "--max-steps", type=positive_int, help="steps per epoch at most (smoke runs)"
+    )
+    parser.add_argument("--pixel-size", type=positive_int, help="validation pixel-metric side (S)")
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=0, help="data-loading processes"
+    )
     add_backbone_options(parser)
     parser.add_argument(
         "--precision",
@@ -425,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="adaclip", description="Zero-shot visual anomaly detection with AdaCLIP."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_predict(subparsers)
     _add_evaluate(subparsers)
@@ -439,6 +512,8 @@ def configure_logging(verbose: bool = False) -> None:
     """Our INFO lines on stderr; other libraries' only from WARNING up."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("adaclip").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Its own retry warnings repeat what our error message explains; keep them for -v.
+    logging.getLogger("huggingface_hub").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,3 +59,45 @@ def test_missing_checkpoint_exits_2_with_advice(tmp_path, golden_dir, golden_cli
                  "--output", str(tmp_path)])  # fmt: skip
     assert done.returncode == 2
     assert "none.pth" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_too_long_class_name_exits_2_before_loading_weights(tmp_path, golden_dir):
+    # A checkpoint that does not exist proves the name is checked first.
+    image = str(golden_dir / "images" / "input_0.png")
+    args = ["predict", image, "--class-name", "nut," * 45, "--checkpoint", "missing.pth"]
+    done = _run([*args, "--output", str(tmp_path)])
+    assert done.returncode == 2
+    assert "is too long" in done.stderr and "missing.pth" not in done.stderr
+
+
+def test_counts_below_one_are_usage_errors(tmp_path, golden_dir):
+    image = str(golden_dir / "images" / "input_0.png")
+    done = _run(["predict", image, "--batch-size", "0", "--output", str(tmp_path)])
+    assert done.returncode == 2 and "--batch-size: must be at least 1, got 0" in done.stderr
+
+
+def test_version():
+    done = _run(["--version"])
+    assert done.returncode == 0 and done.stdout.startswith("adaclip ")
+
+
+def test_rerun_replaces_maps_and_failed_rows_keep_their_class(
+    tmp_path, golden_dir, golden_cli_args
+):
+    out = tmp_path / "out"
+    first = [str(golden_dir / "images" / n) for n in ("input_0.png", "input_1.jpg")]
+    assert _run(["predict", *first, *golden_cli_args, "--output", str(out)]).returncode == 0
+    assert len(list((out / "maps").glob("*.npy"))) == 2
+    (out / "notes.txt").write_text("mine")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"")
+    second = [str(golden_dir / "images" / "input_3.jpg"), str(broken)]
+    names = ["--class-name", "wood_grain", "--class-name", "metal-nut"]
+    done = _run(["predict", *second, *names, *golden_cli_args, "--output", str(out)])
+    assert done.returncode == 1
+    assert [p.name for p in (out / "maps").glob("*.npy")] == ["0000_input_3.npy"]
+    assert [p.name for p in (out / "overlays").glob("*.png")] == ["0000_input_3.png"]
+    assert (out / "notes.txt").read_text() == "mine"
+    good, bad = json.loads((out / "results.json").read_text())["results"]
+    assert good["class_name"] == "wood_grain"
+    assert bad["class_name"] == "metal-nut" and "empty" in bad["error"]
