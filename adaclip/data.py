@@ -6,15 +6,18 @@ samples into network inputs and masks for evaluation and training.
 Layouts (``detect_layout`` picks one; ``layout=`` forces it):
 
 - ``mvtec``: ``ROOT/<category>/test/<type>/<image>`` with masks at
-  ``ROOT/<category>/ground_truth/<type>/<stem>_mask.png``; type ``good`` is normal.
+  ``ROOT/<category>/ground_truth/<type>/<stem>_mask.png``; type ``good`` is normal. A single
+  category folder (``ROOT/test/...``, or its ``test`` folder itself) is one category named
+  after the folder.
 - ``visa``: ``ROOT/split_csv/1cls.csv`` with the columns ``object,split,label,image,mask``
   (label ``normal`` or ``anomaly``, paths relative to ``ROOT``); the ``test`` rows are used.
 - ``meta``: ``ROOT/meta.json`` holding ``{"test": {category: [{"img_path", "mask_path",
   "cls_name", "specie_name", "anomaly"}, ...]}}`` with paths relative to ``ROOT``. An empty
   ``mask_path`` means none; ``anomaly`` is 0 or 1.
 - ``folder``: ``ROOT/good/*`` normal and every other subfolder defective, masks optional in
-  a ``ground_truth``, ``masks`` or ``mask`` subfolder as ``[<type>/]<stem>[_mask].<ext>``.
-  A ``ROOT`` whose subfolders are such folders holds one category per subfolder.
+  a ``ground_truth``, ``masks`` or ``mask`` subfolder as ``[<type>/]<stem>[_mask].<ext>``
+  (mask folders are never read as images). A ``ROOT`` whose subfolders are such folders
+  holds one category per subfolder.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ logger = logging.getLogger(__name__)
 LAYOUTS = ("auto", "mvtec", "visa", "meta", "folder")
 NORMAL_TYPE = "good"
 MASK_FOLDERS = ("ground_truth", "masks", "mask")
+LAYOUT_MARKS = {
+    "meta": "ROOT/meta.json",
+    "visa": "ROOT/split_csv/1cls.csv",
+    "mvtec": "ROOT/<category>/test/<type>/<image> or ROOT/test/<type>/<image> (MVTec AD)",
+    "folder": "ROOT/[<category>/]<type>/<image> with good/ normal (plain folders)",
+}
+"""What each layout needs, for messages."""
 
 
 class DatasetError(AdaCLIPError):
@@ -91,18 +101,30 @@ def load_dataset(
         layout: One of :data:`LAYOUTS`; ``auto`` detects it.
 
     Raises:
-        DatasetError: The folder is missing, matches no layout, holds no images or lacks
-            a requested category.
+        DatasetError: The folder is missing, matches no layout (or not the forced one),
+            holds no images or lacks a requested category.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"dataset folder {root} does not exist or is not a folder.")
+        raise DatasetError(
+            f"dataset folder {root} does not exist or is not a folder; give the folder that "
+            "holds the benchmark (for MVTec AD the one with the category folders)."
+        )
     if layout not in LAYOUTS:
         raise DatasetError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}.")
-    chosen = detect_layout(root) if layout == "auto" else layout
-    reader = {"mvtec": read_mvtec, "visa": read_visa, "meta": read_meta, "folder": read_folders}
-    samples = reader[chosen](root)
-    logger.info("%s: %s layout, %d images", root, chosen, len(samples))
+    root = _category_of_test_folder(root)
+    chosen = detect_layout(root) if layout == "auto" else _check_layout(root, layout)
+    samples = READERS[chosen](root)
+    if not samples:
+        raise DatasetError(
+            f"{root} holds no test images in the {chosen} layout, which expects "
+            f"{LAYOUT_MARKS[chosen]}; image files must end in {', '.join(IMAGE_SUFFIXES)}."
+        )
+    defective = [s for s in samples if s.label]
+    logger.info(
+        "%s: %s layout, %d images (%d defective, %d of them with masks)",
+        root, chosen, len(samples), len(defective), sum(s.mask is not None for s in defective),
+    )  # fmt: skip
     return select_categories(samples, categories, root)
 
 
@@ -112,17 +134,50 @@ def detect_layout(root: Path) -> str:
     Raises:
         DatasetError: Nothing matches.
     """
-    if (root / "meta.json").is_file():
-        return "meta"
-    if (root / "split_csv" / "1cls.csv").is_file():
-        return "visa"
-    if any((d / "test").is_dir() for d in _subfolders(root)):
-        return "mvtec"
-    if _subfolders(root):
-        return "folder"
+    for layout in LAYOUT_TESTS:  # the most specific marks first
+        if LAYOUT_TESTS[layout](root):
+            return layout
+    marks = "; ".join(f"{name}: {mark}" for name, mark in LAYOUT_MARKS.items())
+    raise DatasetError(f"{root} matches no dataset layout. Expected one of {marks}.")
+
+
+def _check_layout(root: Path, layout: str) -> str:
+    """Returns ``layout`` if ``root`` looks like it, else says what ``root`` looks like."""
+    if LAYOUT_TESTS[layout](root):
+        return layout
+    try:
+        found = detect_layout(root)
+        hint = f"it looks like the {found} layout; use that (--layout {found}) or auto."
+    except DatasetError:
+        hint = "it matches no layout; check the folder."
     raise DatasetError(
-        f"{root} matches no dataset layout: expected meta.json, split_csv/1cls.csv, "
-        "<category>/test/<type>/ (MVTec AD) or image subfolders (good/ normal, others defective)."
+        f"{root} is not in the {layout} layout, which expects {LAYOUT_MARKS[layout]}; {hint}"
+    )
+
+
+def _category_of_test_folder(root: Path) -> Path:
+    """An MVTec AD category's ``test`` folder given as the root stands for its category."""
+    if root.name == "test" and (root.parent / "ground_truth").is_dir():
+        logger.info("%s is the test folder of category %s; reading that", root, root.parent.name)
+        return root.parent
+    return root
+
+
+def _is_mvtec(root: Path) -> bool:
+    """``<category>/test/`` folders, or ``root`` itself a category with a ``test/`` folder."""
+    return _is_mvtec_category(root) or any(_is_mvtec_category(d) for d in _subfolders(root))
+
+
+def _is_mvtec_category(folder: Path) -> bool:
+    """A ``test/`` folder whose subfolders hold images."""
+    test = folder / "test"
+    return test.is_dir() and _images_in_subfolders(test)
+
+
+def _is_folder(root: Path) -> bool:
+    """Image subfolders in ``root`` or in its (non-mask) subfolders."""
+    return _images_in_subfolders(root) or any(
+        _images_in_subfolders(d) for d in _subfolders(root) if not _is_mask_folder(d)
     )
 
 
@@ -130,23 +185,24 @@ def select_categories(
     samples: list[Sample], categories: Sequence[str] | None, root: Path
 ) -> list[Sample]:
     """Keeps the requested categories, refusing names the dataset does not have."""
-    found = sorted({s.category for s in samples})
-    if not samples:
-        raise DatasetError(f"{root} holds no test images.")
     if not categories:
         return samples
-    unknown = sorted(set(categories) - set(found))
+    found = categories_of(sorted(samples, key=lambda s: s.category))
+    unknown = [c for c in dict.fromkeys(categories) if c not in found]
     if unknown:
         raise DatasetError(
-            f"{root} has no categories {', '.join(unknown)}; it has: {', '.join(found)}."
+            f"{root} has no categories {', '.join(unknown)}; it has: {', '.join(found)}. "
+            "Give some of those, or leave out the category filter to evaluate all."
         )
-    return [s for s in samples if s.category in set(categories)]
+    wanted = set(categories)
+    return [s for s in samples if s.category in wanted]
 
 
 def read_mvtec(root: Path) -> list[Sample]:
     """The MVTec AD layout: ``<category>/test/<type>/<image>`` plus ``ground_truth``."""
+    folders = [root] if _is_mvtec_category(root) else _subfolders(root)
     samples = []
-    for category_dir in _subfolders(root):
+    for category_dir in folders:
         test = category_dir / "test"
         if not test.is_dir():
             continue
@@ -165,26 +221,32 @@ def read_visa(root: Path) -> list[Sample]:
     """The VisA layout: the test rows of ``split_csv/1cls.csv``."""
     # TODO(#5): the 2cls splits are not read; 1cls is the zero-shot protocol's split.
     table = root / "split_csv" / "1cls.csv"
-    samples = []
-    with table.open(newline="") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            missing = {"object", "split", "label", "image"} - set(row)
-            if missing:
-                raise DatasetError(f"{table} lacks the columns {sorted(missing)}.")
-            if row["split"].strip() != "test":
-                continue
-            label = _visa_label(row["label"], table, line)
-            mask = (row.get("mask") or "").strip()
-            samples.append(
-                Sample(
-                    image=root / row["image"].strip(),
-                    category=row["object"].strip(),
-                    label=label,
-                    mask=root / mask if mask and label else None,
-                    defect="bad" if label else NORMAL_TYPE,
-                )
-            )
-    return samples
+    try:
+        with table.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DatasetError(f"{table} cannot be read as a CSV table ({err}).") from err
+    if rows and not {"object", "split", "label", "image"} <= set(rows[0]):
+        missing = sorted({"object", "split", "label", "image"} - set(rows[0]))
+        raise DatasetError(f"{table} lacks the columns {missing}.")
+    return [
+        _visa_sample(root, row, table, line)
+        for line, row in enumerate(rows, start=2)
+        if (row["split"] or "").strip() == "test"
+    ]
+
+
+def _visa_sample(root: Path, row: dict, table: Path, line: int) -> Sample:
+    """One test row of ``1cls.csv``; a mask only counts for an anomalous row."""
+    label = _visa_label(row["label"] or "", table, line)
+    mask = (row.get("mask") or "").strip()
+    return Sample(
+        image=root / (row["image"] or "").strip(),
+        category=(row["object"] or "").strip(),
+        label=label,
+        mask=root / mask if mask and label else None,
+        defect="bad" if label else NORMAL_TYPE,
+    )
 
 
 def _visa_label(value: str, table: Path, line: int) -> int:
@@ -206,10 +268,10 @@ def read_meta(root: Path) -> list[Sample]:
             for category, items in entries.items()
             for item in items
         ]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise DatasetError(
             f"{path} is not a usable meta.json ({err!r}); it needs {{'test': {{category: "
-            "[{'img_path', 'mask_path', 'anomaly', ...}]}}}} with paths relative to the folder."
+            "[{'img_path', 'mask_path', 'anomaly', ...}]}} with paths relative to the folder."
         ) from err
     return samples
 
@@ -228,18 +290,18 @@ def _meta_sample(root: Path, category: str, item: dict) -> Sample:
 
 
 def read_folders(root: Path) -> list[Sample]:
-    """Plain folders: one category in ``root``, or one per subfolder of it."""
+    """Plain folders: one category in ``root``, or one per (non-mask) subfolder of it."""
     if _images_in_subfolders(root):
         return read_folder(root, root.name)
-    return [s for d in _subfolders(root) for s in read_folder(d, d.name)]
+    return [s for d in _subfolders(root) if not _is_mask_folder(d) for s in read_folder(d, d.name)]
 
 
 def read_folder(folder: Path, category: str) -> list[Sample]:
     """One category: ``good/`` normal, every other image subfolder defective."""
-    truth = next((folder / m for m in MASK_FOLDERS if (folder / m).is_dir()), None)
+    truth = next((d for d in _subfolders(folder) if _is_mask_folder(d)), None)
     samples = []
     for type_dir in _subfolders(folder):
-        if type_dir.name in MASK_FOLDERS:
+        if _is_mask_folder(type_dir):
             continue
         normal = type_dir.name == NORMAL_TYPE
         for image in _images(type_dir):
@@ -250,7 +312,12 @@ def read_folder(folder: Path, category: str) -> list[Sample]:
 
 def _images_in_subfolders(folder: Path) -> bool:
     """Whether some non-mask subfolder of ``folder`` holds images directly."""
-    return any(_images(d) for d in _subfolders(folder) if d.name not in MASK_FOLDERS)
+    return any(_images(d) for d in _subfolders(folder) if not _is_mask_folder(d))
+
+
+def _is_mask_folder(folder: Path) -> bool:
+    """``ground_truth``, ``masks`` or ``mask``, in any letter case."""
+    return folder.name.lower() in MASK_FOLDERS
 
 
 def _find_mask(truth: Path | None, defect: str, stem: str) -> Path | None:
@@ -298,7 +365,7 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
             array = np.asarray(
                 image.convert("L") if image.mode not in ("L", "I", "I;16") else image
             )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(f"mask {path} cannot be read ({err}); fix or remove it.") from err
     top = float(array.max())
     binary = (array > top / 2).astype(np.uint8) if top > 0 else np.zeros(array.shape, np.uint8)
@@ -315,9 +382,10 @@ def categories_of(samples: Iterable[Sample]) -> list[str]:
 class EvalSet(torch.utils.data.Dataset):
     """Test samples as network inputs plus masks at the pixel-metric resolution.
 
-    An item is a dict: ``index``, ``image`` ``(3, S, S)`` float32 (``None`` if the file
-    failed), ``mask`` ``(P, P)`` uint8 or ``None`` when unknown, ``error`` (message or
-    ``None``). Use :func:`collate_eval` as the loader's ``collate_fn``.
+    An item is a dict: ``index``, ``image`` ``(3, S, S)`` float32 (``None`` if a file
+    failed), ``mask`` ``(P, P)`` uint8 in {0, 1} or ``None`` when unknown, ``error`` (message
+    or ``None``) and ``file`` (the image or mask file that failed, or ``None``). Use
+    :func:`collate_eval` as the loader's ``collate_fn``.
     """
 
     def __init__(
@@ -338,13 +406,16 @@ class EvalSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         P = self.pixel_size
+        failed = sample.image
         try:
             picture = load_image(sample.image, self.max_pixels, str(sample.image))
+            failed = sample.mask
             mask = load_mask(sample.mask, (P, P)) if sample.has_truth else None
-        except AdaCLIPError as err:
-            return {"index": index, "image": None, "mask": None, "error": str(err)}
+        except (AdaCLIPError, OSError) as err:
+            error = str(err) if isinstance(err, AdaCLIPError) else f"{failed}: {err}"
+            return {"index": index, "image": None, "mask": None, "error": error, "file": failed}
         image = preprocess(picture, self.image_size)
-        return {"index": index, "image": image, "mask": mask, "error": None}
+        return {"index": index, "image": image, "mask": mask, "error": None, "file": None}
 
 
 def collate_eval(items: list[dict]) -> list[dict]:
@@ -431,3 +502,12 @@ def _mosaic(tiles: Sequence[Image.Image], resample: Image.Resampling) -> Image.I
     for i, tile in enumerate(tiles):
         canvas.paste(tile, ((i % 2) * S, (i // 2) * S))
     return canvas.resize((S, S), resample)
+
+
+READERS = {"mvtec": read_mvtec, "visa": read_visa, "meta": read_meta, "folder": read_folders}
+LAYOUT_TESTS = {
+    "meta": lambda root: (root / "meta.json").is_file(),
+    "visa": lambda root: (root / "split_csv" / "1cls.csv").is_file(),
+    "mvtec": _is_mvtec,
+    "folder": _is_folder,
+}

@@ -178,3 +178,78 @@ def test_train_set_flags_unknown_masks(tmp_path):
     assert label == 1.0 and not bool(has_mask) and mask.sum() == 0
     with pytest.raises(ValueError, match="mosaic_prob must lie in"):
         TrainSet(samples, 32, mosaic_prob=1.5)
+
+
+def test_single_mvtec_category_is_one_category_without_its_masks(tmp_path, items):
+    write_mvtec(tmp_path, items)
+    category = tmp_path / "widget"
+    assert detect_layout(category) == "mvtec"
+    for root in (category, category / "test"):
+        samples = load_dataset(root, categories=["widget"])
+        assert {s.category for s in samples} == {"widget"}
+        assert len(samples) == sum(i.category == "widget" for i in items)
+        assert all(s.image.parent.parent.name == "test" for s in samples)
+        assert sum(s.mask is not None for s in samples) == 2
+
+
+def test_mask_folders_of_plain_folders_are_never_images(tmp_path, items):
+    root = write_folder(tmp_path, items)
+    for category in ("widget", "juice_bottle"):
+        (root / category / "masks").rename(root / category / "Masks")
+    nested = root / "widget" / "Masks" / "scratch"
+    nested.mkdir()
+    for mask in (root / "widget" / "Masks").glob("*.png"):
+        mask.rename(nested / f"{mask.stem}_mask.png")
+    samples = load_dataset(root)
+    assert {s.defect for s in samples} == {"good", "scratch"}
+    assert len(samples) == len(items)
+    assert sum(s.mask is not None for s in samples) == 4
+
+
+def test_forced_layout_must_match_the_folder(tmp_path, items):
+    root = write_mvtec(tmp_path / "mvtec", items)
+    for layout in ("visa", "meta", "folder"):
+        with pytest.raises(DatasetError, match=f"not in the {layout} layout.*looks like the mvtec"):
+            load_dataset(root, layout=layout)
+    plain = write_folder(tmp_path / "plain", items)
+    with pytest.raises(DatasetError, match="--layout folder"):
+        load_dataset(plain, layout="mvtec")
+
+
+def test_folder_without_images_says_what_was_expected(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("no images here")
+    with pytest.raises(DatasetError, match=r"matches no dataset layout\. Expected one of meta"):
+        load_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="not in the mvtec layout.*matches no layout"):
+        load_dataset(tmp_path, layout="mvtec")
+
+
+def test_unknown_categories_list_the_available_ones(tmp_path, items):
+    root = write_mvtec(tmp_path, items)
+    with pytest.raises(DatasetError, match="no categories Widget, cable; it has: juice_bottle, w"):
+        load_dataset(root, categories=["widget", "Widget", "cable"])
+
+
+def test_bad_meta_values_and_short_visa_rows_are_dataset_errors(tmp_path, items):
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    entry = {"img_path": "a.png", "mask_path": "", "anomaly": "yes"}
+    (meta / "meta.json").write_text(json.dumps({"test": {"widget": [entry]}}))
+    with pytest.raises(DatasetError, match=r"not a usable meta.json .*\{'test'"):
+        load_dataset(meta)
+    visa = WRITERS["visa"](tmp_path / "visa", items)
+    table = visa / "split_csv" / "1cls.csv"
+    table.write_text(table.read_text() + "widget,test\n")
+    with pytest.raises(DatasetError, match="line 11: label must be normal or anomaly; got ''"):
+        load_dataset(visa)
+
+
+def test_eval_set_names_the_file_that_failed(tmp_path, items):
+    samples = load_dataset(write_mvtec(tmp_path, items))
+    index = next(i for i, s in enumerate(samples) if s.mask is not None)
+    samples[index].mask.write_bytes(b"not a mask")
+    item = EvalSet(samples, 64, 32)[index]
+    assert item["image"] is None and item["file"] == samples[index].mask
+    assert "cannot be read" in item["error"]
+    assert EvalSet(samples, 64, 32)[0]["file"] is None
