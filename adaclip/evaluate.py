@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,19 +103,30 @@ def evaluate(
     predictions, failures, done = [], [], 0
     for items in loader:
         ok = [item for item in items if item["error"] is None]
-        for item in items:
-            if item["error"] is not None:
-                logger.warning("skipping %s: %s", samples[item["index"]].image, item["error"])
-                failures.append(
-                    {"image": str(samples[item["index"]].image), "error": item["error"]}
-                )
+        failures += [_failure(samples[item["index"]], item) for item in items if item["error"]]
         if ok:
             rows = _score_batch(detector, samples, ok, P, accumulators, overlay_dir)
             predictions.extend(rows)
         done += len(items)
         if progress is not None:
             progress(done, len(samples))
+    if failures:
+        logger.warning(
+            "%d of %d images failed and are left out of the metrics; see the failures list",
+            len(failures), len(samples),
+        )  # fmt: skip
     return _summarise(samples, predictions, accumulators, failures, P)
+
+
+def _failure(sample: Sample, item: dict) -> dict:
+    """The failures entry of an item that could not be loaded: image, bad file, reason."""
+    logger.warning("skipping %s: %s", sample.image, item["error"])
+    return {
+        "image": str(sample.image),
+        "category": sample.category,
+        "file": str(item["file"]),
+        "error": item["error"],
+    }
 
 
 def _score_batch(
@@ -158,6 +170,8 @@ def _summarise(
     for category in categories_of(samples):
         rows = [r for r in predictions if r["category"] == category]
         if not rows:
+            logger.warning("%s: every image failed, its metrics are undefined", category)
+            per_category[category] = dict.fromkeys(METRIC_KEYS)
             continue
         labels = np.array([r["label"] for r in rows])
         scores = np.array([r["score"] for r in rows])
@@ -196,6 +210,10 @@ def write_overlay(detector: Detector, sample: Sample, raw_map: np.ndarray, folde
 def write_report(evaluation: Evaluation, output: str | Path, settings: dict | None = None) -> Path:
     """Writes ``metrics.json``, ``predictions.csv``, ``metrics.md``, ``roc.png`` and ``pr.png``.
 
+    Each file is written whole or not at all (through a temporary file in the same folder).
+    ``metrics.json`` counts the scored ``images`` and lists the ``failures``; the Markdown
+    report lists them too.
+
     Returns:
         The output folder.
     """
@@ -206,18 +224,61 @@ def write_report(evaluation: Evaluation, output: str | Path, settings: dict | No
         "mean": evaluation.mean,
         "pixel_size": evaluation.pixel_size,
         "images": len(evaluation.predictions),
+        "failed": len(evaluation.failures),
         "failures": evaluation.failures,
         "settings": settings or {},
     }
-    (output / "metrics.json").write_text(json.dumps(report, indent=2))
-    with (output / "predictions.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "category", "label", "score"])
-        writer.writeheader()
-        writer.writerows(evaluation.predictions)
-    (output / "metrics.md").write_text(markdown_table(evaluation))
+    write_atomically(output / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    write_atomically(output / "predictions.csv", lambda p: _write_predictions(evaluation, p))
+    write_atomically(output / "metrics.md", lambda p: p.write_text(markdown_report(evaluation)))
     plot_curves(evaluation, output)
     logger.info("evaluation report written to %s", output)
     return output
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Lets ``write`` fill a temporary sibling of ``path``, then renames it over ``path``.
+
+    Readers never see a half-written file. The file gets the mode a plain ``open()`` gives
+    (``0o666`` less the umask), also when ``write`` goes through a library that creates
+    owner-only temporary files.
+
+    Args:
+        path: The file to (re)place.
+        write: Writes the content to the path it is given; its suffix equals ``path``'s.
+
+    Returns:
+        ``path``.
+    """
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        with temporary.open("wb"):
+            pass  # created with the usual mode
+        mode = temporary.stat().st_mode
+        write(temporary)
+        temporary.chmod(mode)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _write_predictions(evaluation: Evaluation, path: Path) -> None:
+    """One CSV row per scored image."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "category", "label", "score"])
+        writer.writeheader()
+        writer.writerows(evaluation.predictions)
+
+
+def markdown_report(evaluation: Evaluation) -> str:
+    """The metrics table plus, if any image failed, a list of the failures."""
+    text = markdown_table(evaluation)
+    if evaluation.failures:
+        lines = [f"\n{len(evaluation.failures)} images failed and are not in the metrics:\n"]
+        lines += [f"- `{f['file']}`: {f['error']}" for f in evaluation.failures]
+        text += "\n".join(lines) + "\n"
+    return text
 
 
 def markdown_table(evaluation: Evaluation) -> str:
@@ -245,7 +306,7 @@ def plot_curves(evaluation: Evaluation, output: Path) -> None:
         ):
             _plot_level(axis, curves, kind, level)
         figure.tight_layout()
-        figure.savefig(output / name, dpi=100)
+        write_atomically(output / name, lambda p, f=figure: f.savefig(p, dpi=100))
         plt.close(figure)
 
 

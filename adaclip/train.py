@@ -34,7 +34,7 @@ from adaclip.config import AdaCLIPConfig
 from adaclip.data import Sample, TrainSet, load_dataset
 from adaclip.detector import Detector, resolve_device
 from adaclip.errors import AdaCLIPError
-from adaclip.evaluate import Evaluation, evaluate
+from adaclip.evaluate import Evaluation, evaluate, write_atomically
 from adaclip.losses import adaclip_loss
 from adaclip.model import AdaCLIP
 
@@ -272,7 +272,8 @@ class Trainer:
     def run(self) -> TrainResult:
         """Trains the remaining epochs, validating and checkpointing after each."""
         self.output.mkdir(parents=True, exist_ok=True)
-        (self.output / "config.json").write_text(self._config_json())
+        config = self._config_json()
+        write_atomically(self.output / "config.json", lambda p: p.write_text(config))
         history = [r for r in read_log(self.output) if r["kind"] == "epoch"]
         for epoch in range(self.epoch + 1, self.settings.epochs + 1):
             loss = self._train_epoch(epoch)
@@ -331,8 +332,8 @@ class Trainer:
         if score is None or score > self.best_score:
             self.best_epoch, self.best_score = epoch, score if score is not None else -float("inf")
             learnable = self.model.learnable_state_dict()
-            save_checkpoint(learnable, self.output / "best.pth")
-            save_checkpoint(learnable, self.output / "best.safetensors")
+            for name in ("best.pth", "best.safetensors"):
+                write_atomically(self.output / name, lambda p: save_checkpoint(learnable, p))
         record = {
             "kind": "epoch",
             "epoch": epoch,
@@ -373,9 +374,7 @@ class Trainer:
             "rng_torch": torch.get_rng_state(),
             "settings": json.dumps(self.settings.to_dict()),
         }
-        temporary = self.output / "last.pt.tmp"
-        torch.save(state, temporary)
-        temporary.replace(self.output / "last.pt")
+        write_atomically(self.output / "last.pt", lambda p: torch.save(state, p))
 
     def _resume(self) -> None:
         """Restores ``last.pt`` after checking the run's settings still match."""
@@ -431,8 +430,8 @@ def read_log(output: Path) -> list[dict]:
 
 def trim_log(output: Path, epoch: int) -> None:
     """Drops the log records of epochs after ``epoch`` (an interrupted epoch is redone)."""
-    kept = [r for r in read_log(output) if r["epoch"] <= epoch]
-    (output / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    text = "".join(json.dumps(r) + "\n" for r in read_log(output) if r["epoch"] <= epoch)
+    write_atomically(output / "log.jsonl", lambda p: p.write_text(text))
 
 
 def write_epoch_table(output: Path, history: list[dict]) -> None:
@@ -440,20 +439,40 @@ def write_epoch_table(output: Path, history: list[dict]) -> None:
     import csv
 
     columns = list(dict.fromkeys(k for record in history for k in record if k != "kind"))
-    with (output / "log.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: v for k, v in r.items() if k != "kind"} for r in history)
+
+    def write(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({k: v for k, v in r.items() if k != "kind"} for r in history)
+
+    write_atomically(output / "log.csv", write)
 
 
 def plot_training(output: Path) -> None:
     """Plots the step losses and the validation metrics per epoch to ``curves.png``."""
+    import matplotlib.pyplot as plt
+
+    figure = training_figure(read_log(output))
+    write_atomically(output / "curves.png", lambda p: figure.savefig(p, dpi=100))
+    plt.close(figure)
+
+
+def training_figure(records: list[dict]):
+    """Loss per step (left) and validation means per epoch (right), integer ticks on x.
+
+    Args:
+        records: ``log.jsonl`` records (``kind`` ``step`` or ``epoch``).
+
+    Returns:
+        A matplotlib figure; close it when done.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    records = read_log(output)
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -464,11 +483,12 @@ def plot_training(output: Path) -> None:
         if points:
             right.plot(*zip(*points), marker="o", label=key.removeprefix("val_"))
     right.set(xlabel="epoch", ylabel="validation (mean over categories)", title="validation")
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if right.lines:
         right.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(output / "curves.png", dpi=100)
-    plt.close(figure)
+    return figure
 
 
 def _progress(total: int, desc: str, enabled: bool):

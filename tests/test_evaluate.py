@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dataset_helpers import make_items, write_mvtec
+from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from adaclip.cli import main
 from adaclip.data import load_dataset, load_mask
-from adaclip.evaluate import evaluate
+from adaclip.evaluate import evaluate, write_atomically, write_report
 from adaclip.metrics import METRIC_KEYS, PIXEL_KEYS, pixel_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +120,85 @@ def test_cli_reports_unreadable_images_and_bad_folders(tmp_path, golden_cli_args
     assert report["images"] == 3
     assert main(["evaluate", str(tmp_path / "missing"), *golden_cli_args]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_files_are_failures_and_the_rest_is_scored(tmp_path, golden_detector):
+    root = write_mvtec(tmp_path / "bench", make_items(("widget", "broken"), normal=3, seed=6))
+    widget = root / "widget"
+    (widget / "test" / "good" / "000.png").write_bytes(b"garbage")
+    (widget / "test" / "good" / "001.png").write_bytes(b"")
+    (widget / "ground_truth" / "scratch" / "003_mask.png").write_bytes(b"no mask")
+    small = np.zeros((7, 13), np.uint8)
+    small[2:5, 3:9] = 200  # another size and peak than the image: resized and binarised
+    Image.fromarray(small).save(widget / "ground_truth" / "scratch" / "004_mask.png")
+    for image in (root / "broken").rglob("test/*/*.png"):
+        image.write_bytes(b"")
+    samples = load_dataset(root)
+    evaluation = evaluate(golden_detector, samples, batch_size=2)
+    failures = {(f["category"], Path(f["file"]).name): f for f in evaluation.failures}
+    assert len(failures) == 8 and {c for c, _ in failures} == {"widget", "broken"}
+    assert "not an image" in failures["widget", "000.png"]["error"]
+    assert "empty" in failures["widget", "001.png"]["error"]
+    bad_mask = failures["widget", "003_mask.png"]
+    assert "003_mask.png cannot be read" in bad_mask["error"]
+    assert bad_mask["image"].endswith("scratch/003.png")
+    assert [Path(r["image"]).name for r in evaluation.predictions] == ["002.png", "004.png"]
+    assert evaluation.per_category["widget"]["pixel_auroc"] is not None
+    assert evaluation.per_category["broken"] == dict.fromkeys(METRIC_KEYS)
+    report = json.loads((write_report(evaluation, tmp_path / "out") / "metrics.json").read_text())
+    assert report["images"] == 2 and report["failed"] == 8
+    assert bad_mask in report["failures"]
+    markdown = (tmp_path / "out" / "metrics.md").read_text()
+    assert "| broken | - |" in markdown and "8 images failed" in markdown
+    assert "003_mask.png`: mask" in markdown
+
+
+def test_resized_mask_counts_like_one_at_the_image_size(tmp_path, golden_detector):
+    items = make_items(("widget",), normal=1, defective=1, seed=7)
+    root = write_mvtec(tmp_path / "bench", items)
+    mask = next(root.rglob("*_mask.png"))
+    full = load_dataset(root)
+    expected = evaluate(golden_detector, full, pixel_size=40).per_category["widget"]
+    Image.open(mask).resize((240, 200), Image.Resampling.NEAREST).save(mask)
+    resized = evaluate(golden_detector, full, pixel_size=40).per_category["widget"]
+    assert resized == pytest.approx(expected)
+
+
+def test_cli_reads_one_mvtec_category_and_refuses_bad_choices(tmp_path, golden_cli_args, capsys):
+    root = write_mvtec(tmp_path / "bench", make_items(("widget", "gadget"), seed=8))
+    output = tmp_path / "out"
+    assert main(["evaluate", str(root / "widget"), *golden_cli_args, "--output", str(output)]) == 0
+    report = json.loads((output / "metrics.json").read_text())
+    assert list(report["per_category"]) == ["widget"] and report["images"] == 4
+    capsys.readouterr()
+    code = main(["evaluate", str(root), "--categories", "cable", *golden_cli_args])
+    assert code == 2
+    assert "no categories cable; it has: gadget, widget" in capsys.readouterr().err
+    assert main(["evaluate", str(root), "--layout", "visa", *golden_cli_args]) == 2
+    assert "looks like the mvtec layout" in capsys.readouterr().err
+
+
+def test_written_files_are_atomic_and_world_readable(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    previous = os.umask(0o022)
+    try:
+        path = write_atomically(
+            tmp_path / "w.safetensors", lambda p: save_file({"a": torch.zeros(2)}, str(p))
+        )
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o600)
+        with pytest.raises(RuntimeError, match="disk full"):
+            write_atomically(path, lambda p: (p.write_text("half"), _fail("disk full")))
+        assert path.stat().st_mode & 0o777 == 0o600  # untouched by the failed write
+    finally:
+        os.umask(previous)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def _fail(message: str) -> None:
+    raise RuntimeError(message)
 
 
 def realdata_as_mvtec(realdata_dir: Path, root: Path) -> Path:

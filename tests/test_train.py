@@ -23,6 +23,7 @@ from adaclip.train import (
     check_resumable,
     make_optimizer,
     train_step,
+    training_figure,
 )
 
 S = 112  # the checkpoint does not depend on S; a small side keeps the steps quick
@@ -150,8 +151,12 @@ def test_train_writes_a_loadable_checkpoint_and_resumes_exactly(
     assert [r["epoch"] for r in logs[1]] == [r["epoch"] for r in logs[0]]
     assert [r.get("total") for r in logs[1]] == [r.get("total") for r in logs[0]]
 
+    (tmp_path / "probe").touch()
+    usual = (tmp_path / "probe").stat().st_mode & 0o777  # what open() gives a new file
     for name in ("best.pth", "best.safetensors", "config.json", "log.csv", "curves.png"):
         assert (split / name).stat().st_size > 0, name
+        assert (split / name).stat().st_mode & 0o777 == usual, name
+    assert not [p.name for p in split.iterdir() if "partial" in p.name]
     assert len((split / "log.csv").read_text().splitlines()) == 1 + 2
     config = json.loads((split / "config.json").read_text())
     assert config["settings"]["lr"] == 0.01 and config["model"]["image_size"] == S
@@ -186,3 +191,17 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_old_folders(
     with pytest.raises(AdaCLIPError, match=r"cannot resume .* \(lr: 0.02 -> 0.01\)"):
         check_resumable(saved, {**settings.to_dict(), "epochs": 3}, output / "last.pt")
     check_resumable(saved | {"lr": 0.01}, {**settings.to_dict(), "epochs": 3}, output / "last.pt")
+
+
+def test_training_curves_have_whole_epoch_ticks():
+    records = [{"kind": "step", "epoch": e, "step": e, "total": 1.0 / e} for e in (1, 2, 3)]
+    records += [
+        {"kind": "epoch", "epoch": e, "val_pixel_f1max": 0.1 * e, "val_image_auroc": None}
+        for e in (1, 2, 3)
+    ]
+    figure = training_figure(records)
+    figure.canvas.draw()
+    for axis in figure.axes:
+        ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert [line.get_label() for line in figure.axes[1].lines] == ["pixel_f1max"]
