@@ -13,14 +13,18 @@ import argparse
 import base64
 import binascii
 import csv
+import functools
 import logging
 import os
+import socket
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import gradio as gr
@@ -29,7 +33,7 @@ import numpy as np
 from adaclip import checkpoints, prompts, render
 from adaclip.cli import add_model_options, configure_logging, detector_from_args
 from adaclip.detector import Detector, Failure, Prediction
-from adaclip.errors import AdaCLIPError, CheckpointError
+from adaclip.errors import AdaCLIPError, CheckpointError, HubError
 from adaclip.images import ImageInput
 from adaclip.model import AdaCLIP
 
@@ -56,6 +60,49 @@ HEATMAP_HEIGHT = 512
 DetectOutputs = tuple[np.ndarray, float, str, np.ndarray, np.ndarray, str]
 
 
+def refuse(message: str, log: bool = True) -> gr.Error:
+    """A ``gr.Error`` for something the user can fix, logged as one WARNING line.
+
+    Gradio prints a traceback for every ``gr.Error`` unless told otherwise; a bad upload is
+    not a server fault, so the log gets the message alone.
+
+    Args:
+        message: What was wrong and what to do, shown to the user.
+        log: ``False`` when the cause was logged already.
+    """
+    if log:
+        logger.warning("request refused: %s", " ".join(message.split()))
+    return gr.Error(message, print_exception=False)
+
+
+def handler(fn):
+    """Wraps a page or API handler: user errors stay messages, anything else is logged.
+
+    ``gr.Error`` passes through; an :class:`AdaCLIPError` becomes :func:`refuse`'s error with
+    the same message; any other exception is logged with its traceback and the user gets a
+    short message instead of Gradio's bare "Error".
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except AdaCLIPError as err:
+            logged = getattr(err, "logged", False)
+            raise refuse(_strip_temp_paths(str(err)), log=not logged) from err
+        except Exception as err:
+            logger.exception("%s failed unexpectedly", fn.__name__)
+            raise gr.Error(
+                "the server failed unexpectedly (the log has the details); try again, and "
+                "report it if it keeps happening.",
+                print_exception=False,
+            ) from err
+
+    return wrapper
+
+
 def upload_source(payload: dict | None) -> str | bytes | None:
     """What the ``/detect`` event received for the image, as adaclip input.
 
@@ -79,8 +126,8 @@ def upload_source(payload: dict | None) -> str | bytes | None:
         try:
             return base64.b64decode(url.partition(",")[2], validate=True)
         except (binascii.Error, ValueError) as err:
-            raise gr.Error("the pasted image is not valid base64 data; upload a file.") from err
-    raise gr.Error("the image arrived without a file or data; upload it again.")
+            raise refuse("the pasted image is not valid base64 data; upload a file.") from err
+    raise refuse("the image arrived without a file or data; upload it again.")
 
 
 class Demo:
@@ -103,14 +150,20 @@ class Demo:
         self.choices = list(dict.fromkeys(choices or [self.default_checkpoint, *PUBLISHED]))
         self.batch_size = batch_size
         self._detectors = {self.default_checkpoint: detector}
+        self._failures: dict[str, str] = {}  # spec -> why it is off until a restart
         self._lock = threading.Lock()
         self._downloads = tempfile.TemporaryDirectory(prefix="adaclip-app-")
 
     def detector(self, checkpoint: str | None = None) -> Detector:
         """The detector for ``checkpoint`` (the start-up one when ``None``), built once.
 
+        A checkpoint that failed to load once is not tried again until the app restarts:
+        without a cached copy and without network, every attempt would wait out the Hub's
+        retries (most of a minute) only to fail the same way.
+
         Raises:
-            CheckpointError: The checkpoint is not offered, or cannot be fetched or loaded.
+            CheckpointError: The checkpoint is not offered, or cannot be fetched or loaded
+                (now or before).
         """
         spec = checkpoint or self.default_checkpoint
         if spec not in self.choices:
@@ -119,12 +172,56 @@ class Demo:
             )
         if spec not in self._detectors:
             with self._lock:
+                if spec in self._failures:
+                    raise CheckpointError(self._failures[spec])
                 if spec not in self._detectors:
-                    self._detectors[spec] = _sibling_detector(
-                        self._detectors[self.default_checkpoint], spec
-                    )
+                    self._detectors[spec] = self._load(spec)
         return self._detectors[spec]
 
+    def _load(self, spec: str) -> Detector:
+        """Loads ``spec`` beside the start-up detector; a failure is remembered."""
+        try:
+            return _sibling_detector(self._detectors[self.default_checkpoint], spec)
+        except AdaCLIPError as err:
+            self._failures[spec] = unavailable_message(spec, err)
+            logger.warning(
+                "checkpoint %s is off until the app restarts: %s", spec, " ".join(str(err).split())
+            )
+            refused = CheckpointError(self._failures[spec])
+            refused.logged = True  # the line above says it all
+            raise refused from err
+
+    @handler
+    def choose_checkpoint(
+        self, checkpoint: str | None, in_use: str | None
+    ) -> tuple[dict, str, str]:
+        """The checkpoint menu's handler: loads the choice now, or falls back and says why.
+
+        Args:
+            checkpoint: The spec just chosen.
+            in_use: The spec this page used until now (``None``: the start-up one).
+
+        Returns:
+            The menu's update (back to ``in_use`` on failure, the failed choice marked), a
+            Markdown note that stays on the page, and the spec now in use.
+        """
+        in_use = in_use or self.default_checkpoint
+        try:
+            self.detector(checkpoint)
+        except CheckpointError as err:
+            note = f"⚠️ {_strip_temp_paths(str(err))} Still using `{_label(in_use)}`."
+            return gr.update(value=in_use, choices=self.menu_items()), note, in_use
+        spec = checkpoint or self.default_checkpoint
+        return gr.update(value=spec), f"Using checkpoint `{_label(spec)}`.", spec
+
+    def menu_items(self) -> list[tuple[str, str]]:
+        """The checkpoint menu's (label, spec) pairs; ones that failed say so."""
+        return [
+            (_choice_label(c) + (" (unavailable)" if c in self._failures else ""), c)
+            for c in self.choices
+        ]
+
+    @handler
     def detect(
         self,
         image: ImageInput | None,
@@ -151,6 +248,7 @@ class Demo:
         """
         return self._outputs(image, class_name, threshold, checkpoint)[:6]
 
+    @handler
     def detect_for_page(
         self,
         image: dict | None,
@@ -172,8 +270,8 @@ class Demo:
         prediction, seconds, detector = self._predict(image, class_name, threshold, checkpoint)
         verdict, outlined = self.apply_threshold(prediction, threshold)
         timing = (
-            f"Scored in {seconds:.2f} s on `{detector.device}` with checkpoint "
-            f"`{_label(detector.checkpoint)}` at {detector.config.image_size} px."
+            f"Scored in {seconds:.2f} s on {detector.device}, {detector.precision}, with "
+            f"checkpoint `{_label(detector.checkpoint)}` at {detector.config.image_size} px."
         )
         heatmap = heatmap_panel(prediction.anomaly_map, threshold)
         return (
@@ -186,6 +284,7 @@ class Demo:
             prediction,
         )
 
+    @handler
     def apply_threshold(
         self, prediction: Prediction | None, threshold: float
     ) -> tuple[str, np.ndarray | None]:
@@ -197,6 +296,30 @@ class Demo:
             prediction.image, prediction.anomaly_map, threshold
         )
 
+    @handler
+    def redraw(self, prediction: Prediction | None, threshold: float | None) -> tuple:
+        """The page's verdict, heat map and outlined regions at a new threshold; no model run.
+
+        The threshold comes from the slider while it is being typed or dragged, so a value
+        outside [0, 1] is clamped (the slider clamps it too when it loses focus) and an empty
+        box or a missing prediction leaves the page as it is.
+
+        Returns:
+            The verdict (Markdown), the heat-map panel and the outlined image, or three
+            ``gr.skip()`` when there is nothing to redraw.
+        """
+        if prediction is None or not isinstance(threshold, (int, float)):
+            return gr.skip(), gr.skip(), gr.skip()
+        threshold = min(max(float(threshold), 0.0), 1.0)
+        verdict, outlined = self.apply_threshold(prediction, threshold)
+        return verdict, heatmap_panel(prediction.anomaly_map, threshold), outlined
+
+    @staticmethod
+    def clear_results() -> tuple[None, None, str, None, None, str, None]:
+        """Empty results (and no kept prediction), shown while a new image is scored."""
+        return None, None, "", None, None, "", None
+
+    @handler
     def detect_many(
         self,
         files: Sequence[str] | None,
@@ -221,12 +344,11 @@ class Demo:
         """
         _check_batch(files)
         _check_threshold(threshold)
-        detector = self._user_errors(self.detector, checkpoint)
+        detector = self.detector(checkpoint)
         sizes = [_file_size(f) for f in files]
         todo = [f for f, size in zip(files, sizes) if size <= MAX_UPLOAD_BYTES]
         progress((0, len(todo)), desc="scoring", unit="images")
-        results = self._user_errors(
-            detector.predict_batch,
+        results = detector.predict_batch(
             todo,
             class_name,
             batch_size=self.batch_size,
@@ -245,28 +367,23 @@ class Demo:
     def _predict(
         self, image, class_name, threshold, checkpoint
     ) -> tuple[Prediction, float, Detector]:
-        """Checks the request, then runs the detector; user errors become ``gr.Error``."""
+        """Checks the request, then runs the detector."""
         if image is None:
-            raise gr.Error(
+            raise refuse(
                 "no image yet: drop one on the image box, paste it or take a webcam picture."
             )
         size = len(image) if isinstance(image, (bytes, bytearray)) else _file_size(image)
         if size > MAX_UPLOAD_BYTES:
-            raise gr.Error(_too_large_message("the image", size))
+            raise refuse(_too_large_message("the image", size))
         _check_threshold(threshold)
-        detector = self._user_errors(self.detector, checkpoint)
+        detector = self.detector(checkpoint)
         started = time.perf_counter()
-        prediction = self._user_errors(detector.predict, image, class_name)
-        return prediction, time.perf_counter() - started, detector
-
-    @staticmethod
-    def _user_errors(fn, *args, **kwargs):
-        """Calls ``fn``; an :class:`AdaCLIPError` becomes a ``gr.Error`` with the same message."""
         try:
-            return fn(*args, **kwargs)
+            prediction = detector.predict(image, class_name)
         except AdaCLIPError as err:
-            logger.info("request refused: %s", err)
-            raise gr.Error(_strip_temp_paths(str(err))) from err
+            err.logged = True  # the detector logged it as a WARNING line already
+            raise
+        return prediction, time.perf_counter() - started, detector
 
     def _write_csv(self, rows: list[list]) -> str:
         """Writes the results table to a fresh CSV file and returns its path."""
@@ -296,11 +413,9 @@ def _table_row(
 
 def _check_batch(files: Sequence[str] | None) -> None:
     if not files:
-        raise gr.Error("add one or more image files first.")
+        raise refuse("add one or more image files first.")
     if len(files) > MAX_BATCH_IMAGES:
-        raise gr.Error(
-            f"at most {MAX_BATCH_IMAGES} images at once; got {len(files)}. Split them up."
-        )
+        raise refuse(f"at most {MAX_BATCH_IMAGES} images at once; got {len(files)}. Split them up.")
 
 
 def _sibling_detector(base: Detector, checkpoint: str) -> Detector:
@@ -316,6 +431,32 @@ def _sibling_detector(base: Detector, checkpoint: str) -> Detector:
     detector = Detector(model, base.device, base.precision, base.max_pixels, checkpoint=checkpoint)
     logger.info("checkpoint %s ready in %.1f s", checkpoint, time.perf_counter() - started)
     return detector
+
+
+def unavailable_message(spec: str, err: AdaCLIPError) -> str:
+    """A short note on why checkpoint ``spec`` cannot be used and what to do about it."""
+    if isinstance(err, HubError):
+        reason = "it is not in the local cache and the Hugging Face Hub could not be reached"
+    else:
+        reason = _first_sentence(_strip_temp_paths(str(err)))
+    if spec in PUBLISHED:
+        fix = (
+            "fetch it where the Hub is reachable (`python -m adaclip download --checkpoint "
+            f"{spec}`), then restart the app"
+        )
+    else:
+        fix = "fix or replace the file, then restart the app"
+    return (
+        f"Checkpoint `{_label(spec)}` could not be loaded: {reason}. To use it, {fix}; "
+        "restarting retries it (until then it is not tried again)."
+    )
+
+
+def _first_sentence(message: str, limit: int = 200) -> str:
+    """The first line of ``message`` up to its first full stop, at most ``limit`` characters."""
+    line = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    line = line.split(". ")[0].rstrip(".: ")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def heatmap_panel(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
@@ -365,7 +506,7 @@ def verdict_markdown(prediction: Prediction, threshold: float) -> str:
 
 def _check_threshold(threshold: float) -> None:
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise gr.Error(f"threshold must be between 0 and 1; got {threshold!r}.")
+        raise refuse(f"threshold must be between 0 and 1; got {threshold!r}.")
 
 
 def _file_size(source: ImageInput) -> int:
@@ -419,8 +560,6 @@ def _label(checkpoint: str | None) -> str:
     return checkpoint if checkpoint in PUBLISHED else Path(checkpoint).name
 
 
-# TODO(#4): the licence notes below were written without access to the upstream pages;
-# check them against the authors' repository and the datasets' sites.
 ABOUT = """
 ### How it works
 AdaCLIP compares the image with sentences that describe a normal and a damaged *class name*
@@ -431,18 +570,19 @@ your object (zero-shot). The **score** in [0, 1] says how anomalous the whole im
 regions at or above it. Leaving the class name empty uses the generic word `object`; naming the
 object usually helps.
 
-### Checkpoints and licences
-- `all` (trained on all 14 datasets), `mvtec-colondb` (MVTec AD + ColonDB, for evaluating on
-  VisA) and `visa-clinicdb` (VisA + ClinicDB, for evaluating on MVTec AD) are the authors'
-  published weights, downloaded from the Hugging Face Hub on first use. They come from the
-  AdaCLIP authors' repository (MIT licence) but were trained on benchmark datasets with their
-  own terms (MVTec AD: CC BY-NC-SA 4.0, VisA: CC BY 4.0 among others): check those before any
-  commercial use.
-- The CLIP backbone (ViT-L-14-336) is OpenAI's, under the MIT licence.
-- This demo and the `adaclip` library are MIT-licensed. The example images are public domain
-  or CC0 photographs from scikit-image with a painted-in defect (see `examples/README.md`).
+### Licences
+- **Code** (this demo and the `adaclip` library): MIT, see `LICENSE`.
+- **CLIP backbone weights** (ViT-L-14-336, by OpenAI): MIT.
+- **Published AdaCLIP checkpoints** (`all`, `mvtec-colondb`, `visa-clinicdb`, downloaded from
+  the Hugging Face Hub on first use): their licence is not stated by the authors and has not
+  been verified here. They were trained on benchmark datasets that have terms of their own.
+  Consult the authors' repository before any commercial use.
+- **Example images**: public-domain or CC0 photographs from scikit-image with a painted-in
+  defect (see `examples/README.md`).
 
 ### Citation
+Cao et al., "AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly
+Detection", ECCV 2024.
 ```bibtex
 @inproceedings{cao2024adaclip,
   title     = {AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for
@@ -459,6 +599,18 @@ CLASS_NAME_INFO = (
     "What the object is, e.g. screw, bottle, brain MRI. Empty: the generic word 'object'."
 )
 
+# Narrow screens (phones): let the examples table and the images shrink to the page width
+# instead of making the page scroll sideways.
+CSS = """
+#examples table { table-layout: fixed; width: 100%; }
+#examples th, #examples td { white-space: normal; overflow-wrap: anywhere; }
+#examples img { max-width: 100%; height: auto; }
+.gradio-container { overflow-x: hidden; }
+"""
+
+IMAGE_FORMAT = "png"
+"""How result images reach the browser: lossless, so thin outlines and colours stay exact."""
+
 
 def build_demo(demo: Demo) -> gr.Blocks:
     """Lays out the page and wires its events to ``demo``'s handlers."""
@@ -472,47 +624,79 @@ def build_demo(demo: Demo) -> gr.Blocks:
             _single_image_tab(demo)
         with gr.Tab("Many images"):
             _many_images_tab(demo)
-        with gr.Accordion("About, licences and citation", open=False):
+        with gr.Accordion("About, licences and citation", open=False, elem_id="about"):
             gr.Markdown(ABOUT)
     return blocks
 
 
-def _checkpoint_dropdown(demo: Demo) -> gr.Dropdown:
-    return gr.Dropdown(
-        choices=[(_choice_label(c), c) for c in demo.choices],
+def _checkpoint_menu(demo: Demo, elem_id: str) -> gr.Dropdown:
+    """The checkpoint menu with a note below it; a choice is loaded (or refused) at once."""
+    checkpoint = gr.Dropdown(
+        choices=demo.menu_items(),
         value=demo.default_checkpoint,
         label="Checkpoint",
         info="Published AdaCLIP weights; others are downloaded on first use.",
+        elem_id=elem_id,
     )
+    note = gr.Markdown(elem_id=f"{elem_id}-note")
+    in_use = gr.State(demo.default_checkpoint)
+    checkpoint.input(
+        demo.choose_checkpoint, [checkpoint, in_use], [checkpoint, note, in_use],
+        api_visibility="private", show_progress_on=note,
+    )  # fmt: skip
+    return checkpoint
 
 
-def _threshold_slider() -> gr.Slider:
+def _threshold_slider(elem_id: str) -> gr.Slider:
     return gr.Slider(
         0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Anomaly threshold",
-        info="Scores and map values at or above it count as anomalous.",
+        info="Scores and map values at or above it count as anomalous.", elem_id=elem_id,
     )  # fmt: skip
 
 
 def _single_image_tab(demo: Demo) -> None:
-    """Inputs on the left, the four results in a grid on the right."""
+    """Inputs on the left, the four results in a grid on the right, examples below."""
     kept = gr.State(time_to_live=3600)  # the last prediction, for re-thresholding
     with gr.Row():
         with gr.Column(scale=2):
             image, class_name, checkpoint, threshold, run = _single_image_inputs(demo)
         with gr.Column(scale=3):
             overlay, score, verdict, heatmap, outlined, timing = _single_image_results()
+    examples = _examples(image, class_name)
     outputs = [overlay, score, verdict, heatmap, outlined, timing, kept]
-    run.click(
-        demo.detect_for_page, [image, class_name, threshold, checkpoint], outputs,
-        api_name="detect", preprocess=False,
+    _wire_detection(demo, run.click, "detect", [image, class_name, threshold, checkpoint], outputs)
+    if examples is not None:  # a click fills the inputs, then runs like the button
+        _wire_detection(
+            demo, examples.load_input_event.then, False,
+            [image, class_name, threshold, checkpoint], outputs,
+        )  # fmt: skip
+    image.upload(demo.clear_results, None, outputs, api_visibility="private", queue=False)
+    image.clear(demo.clear_results, None, outputs, api_visibility="private", queue=False)
+    # change: dragging, typing in the number box (with or without Enter) and the reset button
+    # all change the value; release alone misses typing.
+    threshold.change(
+        demo.redraw, [kept, threshold], [verdict, heatmap, outlined], api_visibility="private",
+        show_progress="hidden", trigger_mode="always_last",
     )  # fmt: skip
-    threshold.release(
-        demo.apply_threshold, [kept, threshold], [verdict, outlined], api_visibility="private"
-    )
+
+
+def _wire_detection(demo: Demo, trigger, api_name: str | Literal[False], inputs, outputs) -> None:
+    """Clear the results, score the image, then redraw at the slider's value of that moment.
+
+    Clearing first means the last image's results never sit beside a new one; the redraw
+    catches a slider moved during the run. Only the scoring step is an API endpoint.
+    """
+    kept, redrawn = outputs[-1], [outputs[2], outputs[3], outputs[4]]  # verdict, heat map, outline
+    trigger(demo.clear_results, None, outputs, api_visibility="private", queue=False).then(
+        demo.detect_for_page, inputs, outputs, api_name=api_name, preprocess=False,
+        scroll_to_output=True, api_visibility="public" if api_name else "private",
+    ).success(
+        demo.redraw, [kept, inputs[2]], redrawn, api_visibility="private", show_progress="hidden"
+    )  # fmt: skip
 
 
 def _single_image_inputs(demo: Demo) -> tuple[gr.Component, ...]:
-    """The image drop, class name, checkpoint, threshold, run button and examples."""
+    """The image drop, class name, checkpoint, threshold and run button."""
     image = gr.Image(
         label="Image (drop, paste or webcam)", sources=["upload", "clipboard", "webcam"],
         type="filepath", image_mode=None, elem_id="input-image",
@@ -521,22 +705,30 @@ def _single_image_inputs(demo: Demo) -> tuple[gr.Component, ...]:
         label="Class name (optional)", info=CLASS_NAME_INFO, placeholder="object",
         max_lines=1, elem_id="class-name",
     )  # fmt: skip
-    checkpoint = _checkpoint_dropdown(demo)
-    threshold = _threshold_slider()
+    checkpoint = _checkpoint_menu(demo, "checkpoint")
+    threshold = _threshold_slider("threshold")
     run = gr.Button("Detect anomalies", variant="primary", elem_id="run")
-    examples = [[str(EXAMPLES_DIR / f), c] for f, c in EXAMPLES if (EXAMPLES_DIR / f).is_file()]
-    if examples:
-        gr.Examples(examples, inputs=[image, class_name], label="Examples (click one)")
     return image, class_name, checkpoint, threshold, run
+
+
+def _examples(image: gr.Image, class_name: gr.Textbox) -> gr.Examples | None:
+    """Clickable examples; the caller chains detection onto a click (no cached results)."""
+    examples = [[str(EXAMPLES_DIR / f), c] for f, c in EXAMPLES if (EXAMPLES_DIR / f).is_file()]
+    if not examples:
+        return None
+    return gr.Examples(
+        examples, inputs=[image, class_name], label="Examples (click one to run it)",
+        cache_examples=False, elem_id="examples",
+    )  # fmt: skip
 
 
 def _single_image_results() -> tuple[gr.Component, ...]:
     """Overlay and heat map above; outlined regions beside score, verdict and timing below."""
     with gr.Row():
-        overlay = gr.Image(label="Heat map over the image", elem_id="overlay", interactive=False)
-        heatmap = gr.Image(label="Heat map and colour scale", elem_id="heatmap", interactive=False)
+        overlay = _result_image("Heat map over the image", "overlay")
+        heatmap = _result_image("Heat map and colour scale", "heatmap")
     with gr.Row():
-        outlined = gr.Image(label="Regions at the threshold", elem_id="outlined", interactive=False)
+        outlined = _result_image("Regions at the threshold", "outlined")
         with gr.Column():
             score = gr.Number(
                 value=None, label="Anomaly score (0 to 1)", elem_id="score", interactive=False
@@ -544,6 +736,10 @@ def _single_image_results() -> tuple[gr.Component, ...]:
             verdict = gr.Markdown(label="Verdict", elem_id="verdict")
             timing = gr.Markdown(label="Timing", elem_id="timing")
     return overlay, score, verdict, heatmap, outlined, timing
+
+
+def _result_image(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(label=label, elem_id=elem_id, interactive=False, format=IMAGE_FORMAT)
 
 
 def _many_images_tab(demo: Demo) -> None:
@@ -557,11 +753,11 @@ def _many_images_tab(demo: Demo) -> None:
             class_name = gr.Textbox(
                 label="Class name for all (optional)", info=CLASS_NAME_INFO, max_lines=1
             )
-            checkpoint = _checkpoint_dropdown(demo)
-            threshold = _threshold_slider()
+            checkpoint = _checkpoint_menu(demo, "batch-checkpoint")
+            threshold = _threshold_slider("batch-threshold")
             run = gr.Button("Score all", variant="primary", elem_id="run-batch")
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Heat maps", columns=4, height="auto")
+            gallery = gr.Gallery(label="Heat maps", columns=4, height="auto", format=IMAGE_FORMAT)
             table = gr.Dataframe(
                 headers=TABLE_HEADERS, datatype=["str", "str", "number", "str", "str"],
                 label="Scores (click a column to sort)", interactive=False, wrap=True,
@@ -570,7 +766,7 @@ def _many_images_tab(demo: Demo) -> None:
             download = gr.File(label="Scores as CSV")
     run.click(
         demo.detect_many, [files, class_name, threshold, checkpoint], [gallery, table, download],
-        api_name="detect_many",
+        api_name="detect_many", scroll_to_output=True,
     )  # fmt: skip
 
 
@@ -578,65 +774,157 @@ def _env_flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _env_int(
-    parser: argparse.ArgumentParser, env: dict[str, str], name: str, default: int | None
+def _bounded_int(text: str, what: str, low: int, high: int | None = None) -> int:
+    """``text`` as a whole number in [low, high]; an argparse error saying what is allowed."""
+    allowed = f"{what} from {low} to {high}" if high else f"{what} of at least {low}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {allowed}; got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {allowed}; got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type for a TCP port: a whole number from 1 to 65535."""
+    return _bounded_int(text, "a port number", 1, 65535)
+
+
+def concurrency_count(text: str) -> int:
+    """An argparse type for how many requests run at once: a whole number of at least 1."""
+    return _bounded_int(text, "a whole number", 1)
+
+
+def _env_value(
+    parser: argparse.ArgumentParser, env: dict[str, str], name: str, kind, default: int | None
 ) -> int | None:
-    """An integer environment variable, ``default`` when unset; a usage error when not a number."""
+    """Environment variable ``name`` read with argparse type ``kind``; ``default`` when unset.
+
+    A value ``kind`` refuses is a usage error naming the variable, as a bad flag would be.
+    """
     value = env.get(name, "").strip()
     if not value:
         return default
     try:
-        return int(value)
+        return kind(value)
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"{name} {err}.")
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
     except ValueError:
-        parser.error(f"{name} must be a whole number; got {value!r}.")
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
 
 
-def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
-    """Command-line options; ``ADACLIP_*`` environment variables set their defaults."""
+def _prog() -> str:
+    """How the user started the demo, for usage lines: ``app.py`` or the CLI's ``serve``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if name == "__main__.py" and Path(sys.argv[0]).parent.name == "adaclip":
+        return "python -m adaclip serve"
+    if name == "adaclip":
+        return "adaclip serve"
+    return "app.py"
+
+
+def build_parser(
+    environ: dict[str, str] | None = None, prog: str | None = None
+) -> argparse.ArgumentParser:
+    """Command-line options; ``ADACLIP_*`` environment variables set their defaults.
+
+    Args:
+        environ: The environment to read; ``os.environ`` when ``None``.
+        prog: The program name in usage and error lines; guessed from ``sys.argv`` when
+            ``None`` (``app.py``, or ``python -m adaclip serve`` through the CLI).
+    """
     env = os.environ if environ is None else environ
     on_space = "SPACE_ID" in env
-    parser = argparse.ArgumentParser(prog="app.py", description="Serve the AdaCLIP web demo.")
+    parser = argparse.ArgumentParser(
+        prog=prog or _prog(), description="Serve the AdaCLIP web demo."
+    )
     add_model_options(parser)
     group = parser.add_argument_group("server")
     group.add_argument(
         "--host", help="address to listen on (default: 127.0.0.1; 0.0.0.0 on a Space)"
     )
-    group.add_argument("--port", type=int, help="port (default: 7860, or the next free one)")
+    group.add_argument(
+        "--port", type=port_number, help="port, 1 to 65535 (default: 7860, or the next free one)"
+    )
     group.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    group.add_argument("--concurrency", type=int, help="requests run at the same time (default: 2)")
+    group.add_argument(
+        "--concurrency", type=concurrency_count, help="requests run at the same time (default: 2)"
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.set_defaults(
         checkpoint=env.get("ADACLIP_CHECKPOINT", "all"),
         backbone=env.get("ADACLIP_BACKBONE", parser.get_default("backbone")),
         backbone_weights=env.get("ADACLIP_BACKBONE_WEIGHTS") or None,
-        image_size=_env_int(parser, env, "ADACLIP_IMAGE_SIZE", 518),
+        image_size=_env_value(parser, env, "ADACLIP_IMAGE_SIZE", _whole_number, 518),
         device=env.get("ADACLIP_DEVICE", "auto"),
         precision=env.get("ADACLIP_PRECISION", "fp32"),
         host=env.get("ADACLIP_HOST", "0.0.0.0" if on_space else "127.0.0.1"),
-        port=_env_int(parser, env, "ADACLIP_PORT", 7860 if on_space else None),
+        port=_env_value(parser, env, "ADACLIP_PORT", port_number, 7860 if on_space else None),
         share=_env_flag(env.get("ADACLIP_SHARE")),
-        concurrency=_env_int(parser, env, "ADACLIP_CONCURRENCY", 2),
+        concurrency=_env_value(parser, env, "ADACLIP_CONCURRENCY", concurrency_count, 2),
     )
     return parser
 
 
+class ServerError(AdaCLIPError):
+    """The demo cannot listen where it was asked to."""
+
+
+def check_port_free(host: str, port: int | None) -> None:
+    """Fails early, before the weights load, when ``port`` is taken on ``host``.
+
+    Raises:
+        ServerError: Something already listens there; the message names the port.
+    """
+    if port is None:
+        return  # Gradio looks for a free one from 7860 up
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ServerError(
+                f"port {port} on {host} is already in use ({err.strerror}); choose another "
+                f"with --port (e.g. --port {port + 1 if port < 65535 else 7860}) or stop the "
+                "program that holds it."
+            ) from err
+
+
 def serve(args: argparse.Namespace) -> None:
-    """Loads the weights once, builds the page and serves it until interrupted."""
+    """Loads the weights once, builds the page and serves it until interrupted.
+
+    Raises:
+        AdaCLIPError: The weights cannot be loaded, or the port is taken.
+    """
+    check_port_free(args.host, args.port)
     detector = detector_from_args(args)
     blocks = build_demo(Demo(detector, batch_size=args.batch_size))
     blocks.queue(default_concurrency_limit=args.concurrency, max_size=64)
-    blocks.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        max_file_size=MAX_UPLOAD_BYTES,
-        allowed_paths=[str(EXAMPLES_DIR)],
-        footer_links=["api", "gradio"],
-    )
+    try:
+        blocks.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            max_file_size=MAX_UPLOAD_BYTES,
+            allowed_paths=[str(EXAMPLES_DIR)],
+            footer_links=["api", "gradio"],
+            css=CSS,
+        )
+    except OSError as err:  # the port was taken meanwhile, or the host is not ours
+        where = f"{args.host}:{args.port or '7860-7959'}"
+        raise ServerError(
+            f"cannot listen on {where}: {err}. Choose another --port or --host."
+        ) from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parses the options and serves; returns 2 when the model cannot be loaded."""
+    """Parses the options and serves; returns 2 when the model or the port is unusable."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     try:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import csv
+import logging
 import shutil
+import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import numpy as np
 import pytest
 from app_helpers import (
     BAD_UPLOAD_MESSAGES,
+    REPO,
     load_app,
     write_bad_uploads,
     write_bomb,
@@ -46,7 +51,7 @@ def test_detect_returns_the_library_result(demo, golden_detector, golden_images,
     assert outlined.shape == expected.image.shape and outlined.dtype == np.uint8
     assert heatmap.shape[0] == app.HEATMAP_HEIGHT and heatmap.shape[2] == 3
     assert f"{expected.score:.4f}" in verdict and f"`{name}`" in verdict
-    assert "Scored in" in timing and "240 px" in timing
+    assert "Scored in" in timing and "240 px" in timing and "on cpu, fp32," in timing
 
 
 def test_verdict_follows_the_threshold(demo, golden_images):
@@ -155,18 +160,59 @@ def test_checkpoint_not_offered_is_refused(demo, golden_images):
         demo.detect(str(golden_images[0]), "bottle", checkpoint="/etc/passwd")
 
 
-def test_published_checkpoint_that_cannot_download_errors_and_keeps_serving(
-    demo, golden_images, monkeypatch
+def test_checkpoint_that_cannot_download_is_refused_once_and_remembered(
+    golden_detector, golden_images, monkeypatch
 ):
+    demo = app.Demo(golden_detector)
+    calls = []
+
     def offline(spec):
+        calls.append(spec)
         raise HubError(f"cannot download checkpoint {spec!r}: the Hub is unreachable.")
 
     monkeypatch.setattr(app.checkpoints, "resolve_checkpoint", offline)
 
-    with pytest.raises(gr.Error, match="cannot download checkpoint 'all'"):
-        demo.detect(str(golden_images[0]), "bottle", checkpoint="all")
+    for _ in range(2):
+        with pytest.raises(gr.Error, match="`all` could not be loaded.*restart"):
+            demo.detect(str(golden_images[0]), "bottle", checkpoint="all")
+    assert calls == ["all"]  # the second request did not wait for the Hub again
     assert "all" not in demo._detectors
     assert demo.detect(str(golden_images[0]), "bottle")[1] > 0.0
+
+
+def test_choosing_an_unavailable_checkpoint_falls_back_with_a_note(golden_detector, monkeypatch):
+    demo = app.Demo(golden_detector)
+    calls = []
+
+    def offline(spec):
+        calls.append(spec)
+        raise HubError("the Hub is unreachable.")
+
+    monkeypatch.setattr(app.checkpoints, "resolve_checkpoint", offline)
+
+    menu, note, in_use = demo.choose_checkpoint("visa-clinicdb", None)
+    again = demo.choose_checkpoint("visa-clinicdb", in_use)
+
+    assert menu["value"] == in_use == demo.default_checkpoint
+    assert "`visa-clinicdb` could not be loaded" in note and "restart" in note
+    assert "python -m adaclip download --checkpoint visa-clinicdb" in note
+    assert "Still using `adaclip_checkpoint.pth`" in note
+    assert ("Checkpoint `visa-clinicdb` could not be loaded" in again[1]) and calls == [
+        "visa-clinicdb"
+    ]
+    assert dict((v, k) for k, v in menu["choices"])["visa-clinicdb"].endswith("(unavailable)")
+
+
+def test_choosing_a_loadable_checkpoint_switches_to_it(
+    golden_detector, golden_model_args, tmp_path
+):
+    copy = tmp_path / "copy.pth"
+    shutil.copy(golden_model_args["checkpoint"], copy)
+    demo = app.Demo(golden_detector, choices=[golden_model_args["checkpoint"], str(copy)])
+
+    menu, note, in_use = demo.choose_checkpoint(str(copy), None)
+
+    assert menu["value"] == in_use == str(copy) and "`copy.pth`" in note
 
 
 def test_other_checkpoint_loads_once_on_the_shared_backbone(
@@ -334,3 +380,191 @@ def test_examples_exist_with_class_names():
         path = app.EXAMPLES_DIR / file
         assert path.is_file() and path.stat().st_size < 300_000
         assert class_name and class_name in (app.EXAMPLES_DIR / "README.md").read_text()
+
+
+def _listeners(blocks: gr.Blocks) -> list[dict]:
+    """Each event listener of the page: its function's name, triggers and API exposure."""
+    fns = blocks.fns.values()
+    names = {f._id: f.name for f in fns}
+    return [
+        {
+            "name": f.name,
+            "on": [(getattr(blocks.blocks.get(b), "elem_id", None), e) for b, e in f.targets],
+            "after": names.get(f.trigger_after),
+            "api_name": f.api_name,
+            "public": f.api_visibility == "public",
+            "f": f,
+        }
+        for f in fns
+    ]
+
+
+def test_any_threshold_change_redraws_without_the_model(demo):
+    listeners = _listeners(app.build_demo(demo))
+
+    redraws = [item for item in listeners if item["name"] == "redraw" and not item["after"]]
+
+    assert [item["on"] for item in redraws] == [[("threshold", "change")]]  # typing, Enter, drag
+    assert "detect_for_page" not in [
+        item["name"] for item in listeners if item["on"] == [("threshold", "change")]
+    ]
+
+
+def test_redraw_moves_verdict_heat_map_line_and_outline(demo, golden_detector, golden_images):
+    prediction = golden_detector.predict(str(golden_images[2]), "gravel")
+
+    low = demo.redraw(prediction, 0.0)
+    high = demo.redraw(prediction, 1.0)
+    clamped = demo.redraw(prediction, 7)
+
+    assert "Anomalous" in low[0] and "threshold 0.00" in low[0]
+    assert not np.array_equal(low[1], high[1])  # the threshold mark on the colour scale
+    assert not np.array_equal(low[2], high[2])
+    assert clamped[0] == high[0] and np.array_equal(clamped[1], high[1])
+    skip = gr.skip()
+    assert demo.redraw(None, 0.5) == (skip, skip, skip)
+    assert demo.redraw(prediction, None) == (skip, skip, skip)
+
+
+def test_a_run_clears_old_results_first_and_the_api_stays_the_same(demo):
+    listeners = _listeners(app.build_demo(demo))
+    by_name = {}
+    for item in listeners:
+        by_name.setdefault(item["name"], []).append(item)
+
+    detect = [i for i in by_name["detect_for_page"] if i["api_name"] == "detect"]
+    assert len(detect) == 1 and detect[0]["public"] and detect[0]["after"] == "clear_results"
+    clears = by_name["clear_results"]
+    assert not any(c["public"] for c in clears)
+    assert ("run", "click") in [t for c in clears for t in c["on"]]
+    assert demo.clear_results() == (None, None, "", None, None, "", None)
+    public = sorted(i["api_name"] for i in listeners if i["public"])
+    assert public == ["detect", "detect_many"]
+
+
+def test_an_example_click_runs_detection(demo):
+    listeners = _listeners(app.build_demo(demo))
+
+    runs = [i for i in listeners if i["name"] == "detect_for_page" and not i["public"]]
+
+    assert len(runs) == 1 and runs[0]["after"] == "clear_results"
+    clear = next(i for i in listeners if i["f"]._id == runs[0]["f"].trigger_after)
+    assert clear["after"] == "load_example"
+
+
+def test_result_images_are_sent_as_png_and_the_score_starts_empty(demo):
+    blocks = app.build_demo(demo)
+    by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+
+    assert {by_id[i].format for i in ("overlay", "heatmap", "outlined")} == {"png"}
+    assert all(b.format == "png" for b in blocks.blocks.values() if isinstance(b, gr.Gallery))
+    assert by_id["score"].value is None
+
+
+def test_about_states_the_licences_and_the_citation():
+    about = " ".join(app.ABOUT.split())
+
+    assert "MIT, see `LICENSE`" in about
+    assert "CLIP backbone weights** (ViT-L-14-336, by OpenAI): MIT" in about
+    assert "licence is not stated by the authors and has not been verified" in about
+    assert "Consult the authors' repository before any commercial use" in about
+    assert (
+        'Cao et al., "AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot '
+        'Anomaly Detection", ECCV 2024' in about
+    )
+
+
+@pytest.mark.parametrize("case", ["not an image", "no image", "bad threshold", "long name"])
+def test_user_errors_log_one_warning_line_without_traceback(demo, tmp_path, caplog, case):
+    bad = str(write_bad_uploads(tmp_path)["not an image"])
+    good = str(sorted((Path(app.__file__).parent / "examples").glob("*.png"))[0])
+    args = {
+        "not an image": (bad, "bottle"),
+        "no image": (None, "bottle"),
+        "bad threshold": (good, "bottle", 2.0),
+        "long name": (good, "very " * 100),
+    }[case]
+
+    with caplog.at_level("INFO", logger="adaclip"), pytest.raises(gr.Error) as caught:
+        demo.detect(*args)
+
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None)]
+    assert "\n" not in records[0].getMessage()
+    assert caught.value.print_exception is False  # Gradio prints no traceback either
+
+
+def test_unexpected_errors_log_a_traceback_and_say_so(golden_detector, golden_images, caplog):
+    demo = app.Demo(golden_detector)
+
+    class Broken:
+        def __getattr__(self, name):
+            raise RuntimeError("boom")
+
+    demo._detectors[demo.default_checkpoint] = Broken()
+    failing = pytest.raises(gr.Error, match="failed unexpectedly")
+    with caplog.at_level("INFO", logger="adaclip"), failing:
+        demo.detect(str(golden_images[0]), "bottle")
+
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "0"], "--port: must be a port number from 1 to 65535; got 0"),
+        (["--port", "70000"], "--port: must be a port number from 1 to 65535; got 70000"),
+        (["--port", "web"], "--port: must be a port number from 1 to 65535; got 'web'"),
+        (["--concurrency", "0"], "--concurrency: must be a whole number of at least 1; got 0"),
+    ],
+)
+def test_bad_server_flags_are_usage_errors(capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        app.build_parser({}).parse_args(flags)
+
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_server_environment_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        app.build_parser({"ADACLIP_PORT": "99999"})
+
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "ADACLIP_PORT must be a port number from 1 to 65535; got 99999" in err
+
+
+def test_usage_names_the_program_it_was_started_as(monkeypatch):
+    monkeypatch.setattr(app.sys, "argv", ["/x/app.py"])
+    assert app.build_parser({}).prog == "app.py"
+    monkeypatch.setattr(app.sys, "argv", ["/x/site-packages/adaclip/__main__.py", "serve"])
+    assert app.build_parser({}).prog == "python -m adaclip serve"
+    assert app.build_parser({}, prog="adaclip serve").prog == "adaclip serve"
+
+
+def test_port_in_use_exits_2_naming_the_port(golden_cli_args, caplog):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level("ERROR", logger="adaclip"):
+            status = app.main([*golden_cli_args, "--host", "127.0.0.1", "--port", str(port)])
+
+    assert status == 2
+    message = caplog.records[-1].getMessage()
+    assert f"port {port} on 127.0.0.1 is already in use" in message and "--port" in message
+    assert caplog.records[-1].exc_info is None
+
+
+def test_unloadable_checkpoint_at_start_exits_2_without_traceback(tmp_path, capfd):
+    missing = tmp_path / "missing.pth"
+
+    status = subprocess.run(
+        [sys.executable, str(REPO / "app.py"), "--checkpoint", str(missing), "--device", "cpu"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert status.returncode == 2
+    assert "cannot start the demo" in status.stderr and "missing.pth" in status.stderr
+    assert "Traceback" not in status.stderr
