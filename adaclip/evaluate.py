@@ -311,14 +311,19 @@ def plot_curves(evaluation: Evaluation, output: Path) -> None:
 
 
 def _plot_level(axis, curves: dict[str, Curve], kind: str, level: str) -> None:
-    """Draws one panel: a line per category."""
+    """Draws one panel: a line per category.
+
+    Precision-recall curves are steps (each precision holds up to its recall), so the area
+    under a drawn curve is its average precision, not an optimistic interpolation.
+    """
     for category, curve in curves.items():
         if kind == "roc":
             x, y = curve.roc()
+            axis.plot(x, y, linewidth=1, label=category)
         else:
             precision, recall = curve.precision_recall()
             x, y = np.concatenate([[0.0], recall]), np.concatenate([[1.0], precision])
-        axis.plot(x, y, linewidth=1, label=category)
+            axis.plot(x, y, linewidth=1, label=category, drawstyle="steps-pre")
     xlabel, ylabel = (
         ("false-positive rate", "true-positive rate") if kind == "roc" else ("recall", "precision")
     )
@@ -326,6 +331,6 @@ def _plot_level(axis, curves: dict[str, Curve], kind: str, level: str) -> None:
         xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=f"{level} {kind.upper()}"
     )
     if curves:
-        axis.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
+        axis.legend(fontsize=7, loc="best")
     else:
         axis.text(0.5, 0.5, "undefined (one label only or no masks)", ha="center", fontsize=9)

@@ -245,3 +245,23 @@ def test_real_samples_as_mvtec_tree(realdata_dir, tmp_path, golden_cli_args):
         defined = [metrics[k] is not None for k in PIXEL_KEYS]
         assert all(defined) if category in with_masks else not any(defined), category
     assert report["mean"]["pixel_aupro"] is not None
+
+
+def test_precision_recall_plot_is_a_step_curve_whose_area_is_the_ap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adaclip.evaluate import _plot_level
+    from adaclip.metrics import score_curve
+
+    labels, scores = np.array([1, 0, 1, 1, 0, 0]), np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.1])
+    figure, axis = plt.subplots()
+    _plot_level(axis, {"widget": score_curve(labels, scores)}, "pr", "image")
+    (line,) = axis.lines
+    assert line.get_drawstyle() == "steps-pre"
+    recall, precision = line.get_data()
+    area = float(np.sum(np.diff(recall) * precision[1:]))  # steps-pre: y[i] over (x[i-1], x[i]]
+    assert area == pytest.approx(average_precision_score(labels, scores))
+    plt.close(figure)
