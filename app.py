@@ -621,11 +621,14 @@ def build_demo(demo: Demo) -> gr.Blocks:
             "and get an anomaly score and a heat map of where it looks defective."
         )
         with gr.Tab("One image"):
-            _single_image_tab(demo)
+            score = _single_image_tab(demo)
         with gr.Tab("Many images"):
             _many_images_tab(demo)
         with gr.Accordion("About, licences and citation", open=False, elem_id="about"):
             gr.Markdown(ABOUT)
+        # Gradio's number box shows a missing value as 0 when the page loads; a score of 0
+        # before any run would be a made-up result, so empty it in the browser.
+        blocks.load(None, None, score, js="() => null", api_visibility="private", queue=False)
     return blocks
 
 
@@ -654,15 +657,15 @@ def _threshold_slider(elem_id: str) -> gr.Slider:
     )  # fmt: skip
 
 
-def _single_image_tab(demo: Demo) -> None:
-    """Inputs on the left, the four results in a grid on the right, examples below."""
+def _single_image_tab(demo: Demo) -> gr.Number:
+    """Inputs and examples on the left, the results on the right; returns the score box."""
     kept = gr.State(time_to_live=3600)  # the last prediction, for re-thresholding
     with gr.Row():
         with gr.Column(scale=2):
             image, class_name, checkpoint, threshold, run = _single_image_inputs(demo)
+            examples = _examples(image, class_name)
         with gr.Column(scale=3):
             overlay, score, verdict, heatmap, outlined, timing = _single_image_results()
-    examples = _examples(image, class_name)
     outputs = [overlay, score, verdict, heatmap, outlined, timing, kept]
     _wire_detection(demo, run.click, "detect", [image, class_name, threshold, checkpoint], outputs)
     if examples is not None:  # a click fills the inputs, then runs like the button
@@ -678,6 +681,7 @@ def _single_image_tab(demo: Demo) -> None:
         demo.redraw, [kept, threshold], [verdict, heatmap, outlined], api_visibility="private",
         show_progress="hidden", trigger_mode="always_last",
     )  # fmt: skip
+    return score
 
 
 def _wire_detection(demo: Demo, trigger, api_name: str | Literal[False], inputs, outputs) -> None:

@@ -18,9 +18,14 @@ from gradio_client import Client, handle_file
 
 
 @pytest.fixture(scope="module")
-def server_url(golden_cli_args, tmp_path_factory) -> Iterator[str]:
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("server") / "app.log"
+
+
+@pytest.fixture(scope="module")
+def server_url(golden_cli_args, server_log) -> Iterator[str]:
     """``python app.py`` with the golden tiny model on a free port, stopped afterwards."""
-    with running_app(golden_cli_args, tmp_path_factory.mktemp("server") / "app.log") as url:
+    with running_app(golden_cli_args, server_log) as url:
         yield url
 
 
@@ -43,6 +48,8 @@ def test_detect_gives_the_library_score_and_an_overlay(client, golden_detector, 
 
     assert abs(score - expected.score) < 1e-5
     assert Path(overlay).is_file() and Path(heatmap).is_file() and Path(outlined).is_file()
+    assert {Path(p).suffix for p in (overlay, heatmap, outlined)} == {".png"}  # lossless
+    assert "on cpu, fp32," in timing
     assert f"{expected.score:.4f}" in verdict and "Scored in" in timing
 
 
@@ -122,3 +129,15 @@ def test_many_images_endpoint_returns_table_and_csv(
     assert abs(rows[0][2] - golden_detector.predict(str(golden_images[0]), "bottle").score) < 1e-5
     assert "empty" in rows[1][4]
     assert len(gallery) == 1 and Path(csv_path).read_text().startswith("file,class name,score")
+
+
+def test_a_bad_upload_logs_one_warning_line_and_no_traceback(client, server_log, tmp_path):
+    bad = write_bad_uploads(tmp_path)["truncated"]
+    before = server_log.read_text()
+
+    with pytest.raises(Exception, match="truncated"):
+        client.predict(handle_file(str(bad)), "bottle", api_name="/detect")
+
+    new = server_log.read_text()[len(before) :].splitlines()
+    assert [line.split(" ")[0] for line in new if "truncated.png" in line] == ["WARNING"]
+    assert not any("Traceback" in line for line in new)

@@ -79,6 +79,7 @@ def test_drop_an_image_type_a_class_and_see_the_result(page, server_url, golden_
     expected = golden_detector.predict(str(EXAMPLE), CLASS_NAME).score
     page.goto(server_url)
     page.wait_for_selector("#input-image")
+    page.wait_for_function(SCORE_IS_EMPTY)  # no made-up 0 before a run
 
     data = base64.b64encode(EXAMPLE.read_bytes()).decode()
     page.evaluate(
@@ -105,12 +106,10 @@ def test_an_example_is_one_click_away(page, server_url, golden_detector):
     expected = golden_detector.predict(str(REPO / "examples" / "gravel_hole.png"), "gravel").score
     page.goto(server_url)
 
-    page.get_by_text("gravel", exact=True).click()
-    page.wait_for_function(
-        "() => document.querySelector('#class-name textarea, #class-name input').value === 'gravel'"
-    )
-    page.click("#run")
+    page.get_by_text("gravel", exact=True).click()  # no press on the button: it runs at once
     _wait_for_result(page)
+
+    assert page.locator("#class-name textarea, #class-name input").first.input_value() == "gravel"
 
     assert abs(float(page.locator("#score input").input_value()) - expected) < 1e-4
 
@@ -129,6 +128,70 @@ def test_many_images_tab_fills_the_table(page, server_url, golden_detector):
     cells = page.inner_text("#batch-table").split()
     for name, score in expected.items():
         assert abs(float(cells[cells.index(name) + 2]) - score) < 1e-5  # file, class, score
+
+
+def test_typing_a_threshold_and_enter_redraws_without_a_model_run(page, server_url):
+    page.goto(server_url)
+    page.get_by_text("gravel", exact=True).click()
+    _wait_for_result(page)
+    score = float(page.locator("#score input").input_value())
+    outline = page.get_attribute("#outlined img", "src")
+    timing = page.inner_text("#timing")
+    above = f"{min(score + 0.005, 1.0):.2f}"
+
+    box = page.locator("#threshold input[type=number]")
+    box.fill(above)
+    box.press("Enter")
+    page.wait_for_function(
+        f"() => document.querySelector('#verdict').innerText.includes('{above}')"
+    )
+    page.wait_for_function(f"() => document.querySelector('#outlined img').src !== {outline!r}")
+
+    assert "Normal" in page.inner_text("#verdict")
+    assert page.inner_text("#timing") == timing  # the same run, not a new one
+    page.locator("#threshold input[type=range]").focus()
+    page.keyboard.press("Home")  # the slider itself, from the keyboard: to 0
+    page.wait_for_function("() => document.querySelector('#verdict').innerText.includes('0.00')")
+    assert "Anomalous" in page.inner_text("#verdict")
+
+
+def test_an_unavailable_checkpoint_leaves_a_note_and_the_working_one(page, server_url):
+    from playwright.sync_api import expect
+
+    page.goto(server_url)
+    menu = page.locator("#checkpoint input")
+    working = menu.input_value()
+
+    for _ in range(2):  # the second time answers from memory
+        menu.click()
+        page.get_by_role("option", name="visa-clinicdb").first.click()
+        expect(page.locator("#checkpoint-note")).to_contain_text("restart")
+        expect(menu).to_have_value(working)
+
+    note = page.inner_text("#checkpoint-note")
+    assert "visa-clinicdb" in note and "could not be loaded" in note and "Still using" in note
+    page.get_by_text("gravel", exact=True).click()
+    _wait_for_result(page)  # still serving with the working checkpoint
+
+
+def test_a_phone_sized_page_has_no_sideways_scrolling(page, server_url):
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(server_url)
+    page.get_by_text("gravel", exact=True).click()
+    _wait_for_result(page)
+    page.wait_for_selector("#overlay img")
+
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    overlay, heatmap = (page.locator(f"#{i}").bounding_box() for i in ("overlay", "heatmap"))
+    assert heatmap["y"] >= overlay["y"] + overlay["height"] - 1  # stacked, not side by side
+    examples = page.locator("#examples").bounding_box()
+    assert examples["x"] + examples["width"] <= 390
+    for cell in page.locator("#examples td").all():
+        box = cell.bounding_box()
+        assert box["x"] + box["width"] <= examples["x"] + examples["width"] + 1
+
+
+SCORE_IS_EMPTY = "() => document.querySelector('#score input')?.value === ''"
 
 
 def _wait_for_result(page) -> None:
