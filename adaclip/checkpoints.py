@@ -35,6 +35,7 @@ from huggingface_hub.errors import (
 )
 
 from adaclip.errors import CheckpointError, HubError
+from adaclip.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -631,6 +632,7 @@ def save_checkpoint(learnable: dict[str, torch.Tensor], path: str | Path) -> Pat
     Args:
         learnable: Tensors under the model's key names (see ``AdaCLIP.learnable_state_dict``).
         path: Target file; ``.safetensors`` writes safetensors, anything else ``torch.save``.
+            It is replaced atomically and gets the usual file mode.
 
     Returns:
         The path written.
@@ -641,8 +643,8 @@ def save_checkpoint(learnable: dict[str, torch.Tensor], path: str | Path) -> Pat
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(path))
+        write_atomically(path, lambda p: save_file(state, str(p)))
     else:
-        torch.save(state, path)
+        write_atomically(path, lambda p: torch.save(state, p))
     logger.info("checkpoint with %d tensors written to %s", len(state), path)
     return path

@@ -16,6 +16,7 @@ from adaclip import __version__, prompts
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED
 from adaclip.detector import PRECISIONS, Detector, Failure
 from adaclip.errors import AdaCLIPError
+from adaclip.files import write_atomically
 from adaclip.images import IMAGE_SUFFIXES, list_images
 
 logger = logging.getLogger("adaclip.cli")
@@ -177,9 +178,14 @@ def run_predict(args: argparse.Namespace) -> int:
         "raw_maps": args.raw_maps,
         "failed": sum(1 for r in results if isinstance(r, Failure)),
     }
-    (output / "results.json").write_text(json.dumps(summary, indent=2))
+    write_atomically(output / "results.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
     _print_table(rows)
     sys.stdout.write(f"\nwrote {output / 'results.json'}\n")
+    if summary["failed"]:
+        sys.stderr.write(
+            f"{summary['failed']} of {len(paths)} images failed; see their 'error' in "
+            "results.json.\n"
+        )
     return 1 if summary["failed"] else 0
 
 
@@ -288,7 +294,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluates a checkpoint on a dataset and writes the report; exits 1 if images failed."""
     from adaclip.data import load_dataset
-    from adaclip.evaluate import evaluate, markdown_table, write_report
+    from adaclip.evaluate import evaluate, markdown_report, write_report
 
     samples = load_dataset(args.root, args.categories, args.layout)
     detector = detector_from_args(args)
@@ -305,7 +311,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
     settings = {k: v for k, v in vars(args).items() if k != "handler"}
     write_report(evaluation, output, settings)
-    sys.stdout.write(markdown_table(evaluation) + f"\nwrote {output / 'metrics.json'}\n")
+    sys.stdout.write(markdown_report(evaluation) + f"\nwrote {output / 'metrics.json'}\n")
+    if evaluation.failures:
+        sys.stderr.write(
+            f"{len(evaluation.failures)} of {len(samples)} images failed; they are listed under "
+            "'failures' in metrics.json and left out of the metrics.\n"
+        )
     return 1 if evaluation.failures else 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from adaclip import render
 from adaclip.data import EvalSet, Sample, categories_of, collate_eval
 from adaclip.detector import Detector
 from adaclip.errors import AdaCLIPError
+from adaclip.files import write_atomically
 from adaclip.images import load_image
 from adaclip.metrics import (
     METRIC_KEYS,
@@ -234,33 +234,6 @@ def write_report(evaluation: Evaluation, output: str | Path, settings: dict | No
     plot_curves(evaluation, output)
     logger.info("evaluation report written to %s", output)
     return output
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """Lets ``write`` fill a temporary sibling of ``path``, then renames it over ``path``.
-
-    Readers never see a half-written file. The file gets the mode a plain ``open()`` gives
-    (``0o666`` less the umask), also when ``write`` goes through a library that creates
-    owner-only temporary files.
-
-    Args:
-        path: The file to (re)place.
-        write: Writes the content to the path it is given; its suffix equals ``path``'s.
-
-    Returns:
-        ``path``.
-    """
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        with temporary.open("wb"):
-            pass  # created with the usual mode
-        mode = temporary.stat().st_mode
-        write(temporary)
-        temporary.chmod(mode)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 def _write_predictions(evaluation: Evaluation, path: Path) -> None:

@@ -34,7 +34,8 @@ from adaclip.config import AdaCLIPConfig
 from adaclip.data import Sample, TrainSet, load_dataset
 from adaclip.detector import Detector, resolve_device
 from adaclip.errors import AdaCLIPError
-from adaclip.evaluate import Evaluation, evaluate, write_atomically
+from adaclip.evaluate import Evaluation, evaluate
+from adaclip.files import write_atomically
 from adaclip.losses import adaclip_loss
 from adaclip.model import AdaCLIP
 
@@ -333,7 +334,7 @@ class Trainer:
             self.best_epoch, self.best_score = epoch, score if score is not None else -float("inf")
             learnable = self.model.learnable_state_dict()
             for name in ("best.pth", "best.safetensors"):
-                write_atomically(self.output / name, lambda p: save_checkpoint(learnable, p))
+                save_checkpoint(learnable, self.output / name)
         record = {
             "kind": "epoch",
             "epoch": epoch,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -91,3 +93,11 @@ def test_save_round_trip(tmp_path, expected, reference, suffix):
     assert set(again) == set(reference)
     for key, tensor in reference.items():
         assert torch.equal(again[key], tensor)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # safetensors alone writes 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

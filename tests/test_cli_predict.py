@@ -30,7 +30,7 @@ def test_folder_with_a_bad_file_reports_it_and_exits_1(tmp_path, golden_dir, gol
     width, height = Image.open(folder / "a.png").size
     assert np.load(out / good["map"]).shape == (height, width)
     assert "b.jpg" in bad["image"] and "not an image" in bad["error"]
-    assert "FAILED" in done.stdout
+    assert "FAILED" in done.stdout and "1 of 2 images failed" in done.stderr
 
 
 def test_map_is_at_image_size_without_raw_maps(tmp_path, golden_dir, golden_cli_args):

@@ -17,7 +17,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from adaclip.cli import main
 from adaclip.data import load_dataset, load_mask
-from adaclip.evaluate import evaluate, write_atomically, write_report
+from adaclip.evaluate import evaluate, write_report
+from adaclip.files import write_atomically
 from adaclip.metrics import METRIC_KEYS, PIXEL_KEYS, pixel_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +119,9 @@ def test_cli_reports_unreadable_images_and_bad_folders(tmp_path, golden_cli_args
     report = json.loads((output / "metrics.json").read_text())
     assert len(report["failures"]) == 1 and "000.png" in report["failures"][0]["image"]
     assert report["images"] == 3
+    printed = capsys.readouterr()
+    assert "1 images failed and are not in the metrics" in printed.out
+    assert "1 of 4 images failed" in printed.err
     assert main(["evaluate", str(tmp_path / "missing"), *golden_cli_args]) == 2
     assert "does not exist" in capsys.readouterr().err
 
