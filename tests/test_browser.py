@@ -207,6 +207,8 @@ def _save_screenshot(page) -> None:
     # download them; the tiny test model's heat map is random.
     shot = REPO / "out" / "screenshot.png"
     shot.parent.mkdir(exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # the run scrolled down to its results
+    page.wait_for_function("() => window.scrollY === 0")
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     if os.environ.get("ADACLIP_UPDATE_SCREENSHOT") == "1":
