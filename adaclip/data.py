@@ -430,7 +430,9 @@ class TrainSet(torch.utils.data.Dataset):
     images of the same category (and dataset); its mask is the mosaic of their masks and
     it is anomalous if any tile is. An item is ``(image (3, S, S) float32, mask (S, S)
     float32 in {0, 1}, label float32, has_mask bool, class name)``; ``has_mask`` is false
-    when an anomalous tile has no mask, and the pixel losses then skip that item.
+    when an anomalous tile has no mask, and the pixel losses then skip that item. An item
+    with an unreadable image or mask is ``None`` (logged with the file at fault), and
+    :func:`collate_train` leaves it out of its batch.
     """
 
     def __init__(
@@ -466,7 +468,11 @@ class TrainSet(torch.utils.data.Dataset):
         tiles = [index]
         if rng.random() < self.mosaic_prob:
             tiles += [int(i) for i in rng.choice(self.peers[self.keys[index]], size=3)]
-        images, masks, known = zip(*(self._load(i) for i in tiles))
+        try:
+            images, masks, known = zip(*(self._load(i) for i in tiles))
+        except AdaCLIPError as err:
+            logger.warning("skipping training item %d: %s", index, err)
+            return None
         S = self.image_size
         image = preprocess(_mosaic(images, Image.Resampling.BICUBIC), S)
         mask = np.asarray(_mosaic(masks, Image.Resampling.NEAREST))  # (S, S) uint8 0/255
@@ -491,6 +497,12 @@ class TrainSet(torch.utils.data.Dataset):
             Image.fromarray(mask),
             sample.has_truth,
         )
+
+
+def collate_train(items: Sequence[tuple | None]) -> list | None:
+    """Batches the readable training items; ``None`` when none of them could be read."""
+    readable = [item for item in items if item is not None]
+    return torch.utils.data.default_collate(readable) if readable else None
 
 
 def _mosaic(tiles: Sequence[Image.Image], resample: Image.Resampling) -> Image.Image:

@@ -31,7 +31,7 @@ import torch
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, load_backbone
 from adaclip.checkpoints import check_state, read_state, save_checkpoint
 from adaclip.config import AdaCLIPConfig
-from adaclip.data import Sample, TrainSet, load_dataset
+from adaclip.data import Sample, TrainSet, collate_train, load_dataset
 from adaclip.detector import Detector, resolve_device
 from adaclip.errors import AdaCLIPError
 from adaclip.evaluate import Evaluation, evaluate
@@ -298,6 +298,7 @@ class Trainer:
             shuffle=True,
             num_workers=settings.workers,
             generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch),
+            collate_fn=collate_train,
         )
         steps = len(loader) if settings.max_steps is None else min(len(loader), settings.max_steps)
         losses = []
@@ -305,6 +306,9 @@ class Trainer:
             for i, batch in enumerate(loader):
                 if i >= steps:
                     break
+                bar.update(1)
+                if batch is None:
+                    continue  # every item of this batch was unreadable (each one logged)
                 parts = train_step(
                     self.model, self.optimizer, batch, self.device, self.dtype, self.scaler,
                     settings.focal_gamma,
@@ -314,8 +318,12 @@ class Trainer:
                 append_log(
                     self.output, {"kind": "step", "epoch": epoch, "step": self.step, **parts}
                 )
-                bar.update(1)
                 bar.set_postfix(loss=f"{parts['total']:.4f}")
+        if not losses:
+            raise AdaCLIPError(
+                f"epoch {epoch}: no training image could be read (see the warnings above); "
+                "check the --train folders."
+            )
         return float(np.mean(losses))
 
     def _validate(self, epoch: int, loss: float) -> dict:

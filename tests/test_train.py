@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -191,6 +192,23 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_old_folders(
     with pytest.raises(AdaCLIPError, match=r"cannot resume .* \(lr: 0.02 -> 0.01\)"):
         check_resumable(saved, {**settings.to_dict(), "epochs": 3}, output / "last.pt")
     check_resumable(saved | {"lr": 0.01}, {**settings.to_dict(), "epochs": 3}, output / "last.pt")
+
+
+def test_unreadable_training_images_are_skipped_and_named(settings, tmp_path, caplog, capsys):
+    root = write_mvtec(tmp_path / "aux", make_items(("widget",), normal=2, defective=2, seed=8))
+    broken = root / "widget" / "test" / "good" / "000.png"
+    broken.write_bytes(b"not a png")
+    changed = dataclasses.replace(settings, train=(str(root),))
+    with caplog.at_level("WARNING", logger="adaclip"):
+        assert cli_train(changed, tmp_path / "run", "--epochs", "1", "--mosaic-prob", "0") == 0
+    assert any("000.png" in r.getMessage() for r in caplog.records)
+    steps = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "step" and math.isfinite(r["total"]) for r in steps)
+
+    for image in root.rglob("*.png"):
+        image.write_bytes(b"")
+    assert cli_train(changed, tmp_path / "none", "--epochs", "1") == 2
+    assert "no training image could be read" in capsys.readouterr().err
 
 
 def test_training_curves_have_whole_epoch_ticks():
