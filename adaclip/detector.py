@@ -230,7 +230,8 @@ class Detector:
                 prompts.tokenize_class(name)
                 picture = load_image(images[i], self.max_pixels, source)
             except AdaCLIPError as err:
-                logger.warning("%s failed: %s", source, err)
+                message = str(err)  # image errors name the file already; say it once
+                logger.warning("%s", message if source in message else f"{source}: {message}")
                 results[i] = Failure(i, source, err)
                 continue
             ready.append((i, source, name, picture, preprocess(picture, self.config.image_size)))
