@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from adaclip import __version__, prompts
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED
-from adaclip.detector import PRECISIONS, Detector, Failure
+from adaclip.detector import PRECISIONS, Detector
 from adaclip.errors import AdaCLIPError
-from adaclip.files import write_atomically
 from adaclip.images import IMAGE_SUFFIXES, list_images
+from adaclip.results import ResultFolder
 
 logger = logging.getLogger("adaclip.cli")
 
@@ -121,24 +117,35 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_predict)
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files as given, folders expanded to their images; a missing path is kept so it fails."""
+def expand_inputs(inputs: Sequence[str], skip: Path | None = None) -> list[Path]:
+    """Files as given, folders expanded to their images; a missing path is kept so it fails.
+
+    Images found inside ``skip`` (the output folder) are left out, so that a run in a folder
+    that holds an earlier run's overlays does not score them.
+    """
+    skipped = skip.resolve() if skip is not None else None
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                logger.warning("folder %s holds no images (%s)", path, ", ".join(IMAGE_SUFFIXES))
-            paths.extend(found)
-        else:
+        if not path.is_dir():
             paths.append(path)
+            continue
+        found = list_images(path)
+        if skipped is not None:
+            kept = [p for p in found if not p.resolve().is_relative_to(skipped)]
+            if len(kept) < len(found):
+                logger.info("left out %d image(s) inside the output folder", len(found) - len(kept))
+            found = kept
+        if not found:
+            logger.warning("folder %s holds no images (%s)", path, ", ".join(IMAGE_SUFFIXES))
+        paths.extend(found)
     return paths
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Scores the inputs and writes ``results.json``, maps and overlays under ``--output``."""
-    paths = expand_inputs(args.inputs)
+    output = Path(args.output)
+    paths = expand_inputs(args.inputs, skip=output)
     if not paths:
         raise AdaCLIPError("no images to score: the given folders hold no image files.")
     names = args.class_names or [None]
@@ -152,34 +159,30 @@ def run_predict(args: argparse.Namespace) -> int:
         prompts.tokenize_class(name)  # a bad name is a usage error: refuse before loading weights
     if len(per_image) == 1:
         per_image *= len(paths)
-    detector = detector_from_args(args)
-    output = Path(args.output)
-    _prepare_output(output)
-    with _progress(len(paths)) as bar:
-        results = detector.predict_batch(
-            [str(p) for p in paths],
-            names,
-            batch_size=args.batch_size,
-            raw_maps=args.raw_maps,
-            progress=bar,
-        )
-    rows = [
-        _write_result(output, i, path, name, r, args.raw_maps)
-        for i, (path, name, r) in enumerate(zip(paths, per_image, results))
-    ]
-    summary = {
-        "results": rows,
+    settings = {
         "checkpoint": args.checkpoint,
         "backbone": args.backbone,
         "backbone_weights": args.backbone_weights,
         "image_size": args.image_size,
         "precision": args.precision,
-        "device": str(detector.device),
-        "raw_maps": args.raw_maps,
-        "failed": sum(1 for r in results if isinstance(r, Failure)),
     }
-    write_atomically(output / "results.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
-    _print_table(rows)
+    folder = ResultFolder(output, args.raw_maps, settings)
+    folder.check()
+    detector = detector_from_args(args)
+    folder.settings["device"] = str(detector.device)
+    folder.clear_previous()
+    scored = detector.iter_predict(
+        [str(p) for p in paths], per_image, args.batch_size, args.raw_maps
+    )
+    try:
+        with _progress(len(paths)) as bar:
+            for i, (path, name, result) in enumerate(zip(paths, per_image, scored)):
+                folder.add(i, path, name, result)
+                if (i + 1) % args.batch_size == 0 or i + 1 == len(paths):
+                    bar(i + 1, len(paths))
+    finally:
+        summary = folder.finish(len(paths))
+    _print_table(summary["results"])
     sys.stdout.write(f"\nwrote {output / 'results.json'}\n")
     if summary["failed"]:
         sys.stderr.write(
@@ -187,43 +190,6 @@ def run_predict(args: argparse.Namespace) -> int:
             "results.json.\n"
         )
     return 1 if summary["failed"] else 0
-
-
-def _prepare_output(output: Path) -> None:
-    """Creates the output folders and removes maps and overlays an earlier run left there.
-
-    Only our own ``NNNN_<stem>`` files are removed, so that ``results.json`` never sits next to
-    a stale map from a different run; anything else in the folder is left alone.
-    """
-    try:
-        for sub, suffix in (("maps", ".npy"), ("overlays", ".png")):
-            folder = output / sub
-            folder.mkdir(parents=True, exist_ok=True)
-            for old in folder.glob(f"[0-9][0-9][0-9][0-9]_*{suffix}"):
-                old.unlink()
-    except OSError as err:
-        raise AdaCLIPError(
-            f"cannot write to the output folder {output}: {err.strerror or err}; choose another "
-            "one with --output."
-        ) from err
-
-
-def _write_result(output: Path, index: int, path: Path, class_name: str, result, raw: bool) -> dict:
-    """Saves one item's map and overlay and returns its results.json entry."""
-    if isinstance(result, Failure):
-        return {"image": str(path), "class_name": class_name, "error": result.message}
-    stem = f"{index:04d}_{path.stem}"
-    map_path = Path("maps") / f"{stem}.npy"
-    overlay_path = Path("overlays") / f"{stem}.png"
-    np.save(output / map_path, result.raw_map if raw else result.anomaly_map)
-    Image.fromarray(result.overlay()).save(output / overlay_path)
-    return {
-        "image": str(path),
-        "class_name": result.class_name,
-        "score": result.score,
-        "map": str(map_path),
-        "overlay": str(overlay_path),
-    }
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -515,7 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_download(subparsers)
     _add_checkpoints(subparsers)
-    _add_serve(subparsers)
+    for command in subparsers.choices.values():  # -v also after the command's name
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+    _add_serve(subparsers)  # passes everything on to app.py
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +167,7 @@ class Detector:
 
     def predict_batch(
         self,
-        images: Sequence[ImageInput],
+        images: Iterable[ImageInput],
         class_names: str | Sequence[str | None] | None = None,
         batch_size: int = 8,
         raw_maps: bool = False,
@@ -186,6 +186,19 @@ class Detector:
         Returns:
             One :class:`Prediction` or :class:`Failure` per input, in input order.
         """
+        return list(self.iter_predict(images, class_names, batch_size, raw_maps, progress))
+
+    def iter_predict(
+        self,
+        images: Iterable[ImageInput],
+        class_names: str | Sequence[str | None] | None = None,
+        batch_size: int = 8,
+        raw_maps: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[Prediction | Failure]:
+        """Like :meth:`predict_batch`, but yields each result, in input order, once its batch
+        is done, and keeps no reference to it: memory stays flat over any number of images.
+        """
         if isinstance(images, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
             raise TypeError(
                 "predict_batch takes a list of images; use predict() for a single image or "
@@ -193,17 +206,24 @@ class Detector:
             )
         if batch_size < 1:
             raise AdaCLIPError(f"batch_size must be at least 1; got {batch_size}.")
+        images = list(images)
         names = _per_image(class_names, len(images))
         results: list[Prediction | Failure | None] = [None] * len(images)
         total = len(images)
         chunks = [range(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
+        handed = 0  # results[:handed] are yielded and dropped
         with _Background(self.overlap_fusion) as background:
             for chunk, ready in self._decoded(images, names, chunks, results):
                 encoded = self._encode(ready) if ready else None
                 background.submit(self._complete, ready, encoded, raw_maps, results)
                 if progress is not None:
                     background.submit(progress, chunk.stop, total)
-        return results  # type: ignore[return-value]
+                while handed < total and results[handed] is not None:
+                    images[handed] = None
+                    yield _take(results, handed)
+                    handed += 1
+        for i in range(handed, total):
+            yield _take(results, i)
 
     def _decoded(self, images, names, chunks, results) -> Iterator[tuple[range, list[tuple]]]:
         """Yields each chunk decoded; with overlap on, the next one decodes meanwhile."""
@@ -291,6 +311,16 @@ class Detector:
         return np.clip(smoothed, 0.0, 1.0).astype(np.float32)
 
 
+_HANDED = Failure(-1, "", AdaCLIPError("already handed out"))
+"""Takes the place of a result that :meth:`Detector.iter_predict` has yielded."""
+
+
+def _take(results: list, index: int) -> Prediction | Failure:
+    """Removes and returns one result, so that a suspended generator holds no reference."""
+    result, results[index] = results[index], _HANDED
+    return result
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """Turns ``auto`` into CUDA when available, else CPU; checks explicit CUDA requests."""
     if str(device) == "auto":
@@ -301,9 +331,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise AdaCLIPError(
             f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N."
         ) from err
+    if resolved.type not in ("cpu", "cuda"):
+        raise AdaCLIPError(
+            f"device {str(device)!r} is not supported; use auto, cpu, cuda or cuda:N."
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise AdaCLIPError(
             "device 'cuda' was requested but no CUDA GPU is available; use --device cpu."
+        )
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise AdaCLIPError(
+            f"device {str(device)!r} does not exist: this machine has "
+            f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0."
         )
     return resolved
 

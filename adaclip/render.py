@@ -29,11 +29,13 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> n
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         anomaly_map: ``(H, W)`` in [0, 1], same size as ``image``.
-        alpha: Weight of the heat map.
+        alpha: Weight of the heat map, in [0, 1].
 
     Returns:
         ``(H, W, 3)`` uint8 RGB.
     """
+    if not 0.0 <= alpha <= 1.0:  # also refuses NaN
+        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}.")
     _check_sizes(image, anomaly_map)
     heat = colorize(anomaly_map).astype(np.float32)
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -137,3 +139,36 @@ def test_bad_batch_size_and_device(golden_detector, images):
 def test_prediction_repr_is_short(golden_detector, images):
     text = repr(golden_detector.predict(images[3], "brain"))
     assert text.startswith("Prediction(score=") and "brain" in text and len(text) < 200
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_iter_predict_hands_results_over_and_keeps_none(golden_detector, images, overlap):
+    expected = [r.score for r in golden_detector.predict_batch(images, "part", batch_size=2)]
+    golden_detector.overlap_fusion = overlap
+    try:
+        alive = []
+        for result in golden_detector.iter_predict((i for i in images), "part", batch_size=2):
+            alive.append(weakref.ref(result))
+            assert result.score == expected[len(alive) - 1]
+            del result
+            gc.collect()
+            assert all(ref() is None for ref in alive)  # the detector holds no earlier result
+    finally:
+        golden_detector.overlap_fusion = False
+    assert len(alive) == len(images)
+
+
+def test_devices_torch_knows_but_we_cannot_use():
+    from adaclip import AdaCLIPError
+    from adaclip.detector import resolve_device
+
+    for device in ("meta", "mps", "xla"):
+        with pytest.raises(AdaCLIPError, match="is not supported; use auto, cpu, cuda"):
+            resolve_device(device)
+
+
+def test_overlay_weight_must_lie_in_the_unit_range(golden_detector, images):
+    prediction = golden_detector.predict(images[0])
+    for alpha in (2.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="alpha must lie in"):
+            prediction.overlay(alpha)
