@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import validate_repo_id
 
 from adaclip.errors import CheckpointError, HubError
 from adaclip.files import write_atomically
@@ -49,7 +51,8 @@ MIRROR_REPO = "cubert-gmbh/adaclip"
 """A third-party model repo with byte-identical copies at its top level."""
 
 DEFAULT_CHECKPOINT = "all"
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+"""File name endings accepted for checkpoints: ``torch.save`` files and safetensors."""
 REPO_TYPE_PREFIXES = {"spaces/": "space", "datasets/": "dataset", "models/": "model"}
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 """The file names open_clip looks for in a Hub repo named without a file, safest first."""
@@ -177,11 +180,21 @@ def is_offline() -> bool:
     return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+SPEC_FORMS = (
+    "hf://OWNER/REPO/PATH for a model repo, hf://spaces/OWNER/REPO/PATH for a Space or "
+    "hf://datasets/OWNER/REPO/PATH for a dataset, each optionally followed by @REVISION (a "
+    "branch, tag, commit or refs/pr/N); OWNER and REPO use letters, digits, '-', '_' and '.'"
+)
+"""The Hub spec forms ``parse_hub_spec`` accepts, for error messages."""
+
+
 def parse_hub_spec(spec: str) -> HubFile:
     """Parses ``hf://[spaces/|datasets/]OWNER/REPO/PATH[@REVISION]``.
 
+    The revision follows the last ``@``, so it may contain ``/`` (``refs/pr/1``).
+
     Raises:
-        CheckpointError: The spec has no repository or no file path.
+        CheckpointError: The spec is malformed; the message lists the accepted forms.
     """
     rest = spec.removeprefix("hf://")
     repo_type = "model"
@@ -189,31 +202,71 @@ def parse_hub_spec(spec: str) -> HubFile:
         if rest.startswith(prefix):
             rest, repo_type = rest.removeprefix(prefix), kind
     revision = None
-    if "@" in rest and "/" not in rest.rsplit("@", 1)[1]:
+    if "@" in rest:
         rest, revision = rest.rsplit("@", 1)
     parts = rest.split("/")
     if len(parts) < 3 or not all(parts):
         raise CheckpointError(
-            f"cannot read the Hub spec {spec!r}: write hf://OWNER/REPO/PATH[@REVISION] for a model "
-            "repo, hf://spaces/OWNER/REPO/PATH or hf://datasets/OWNER/REPO/PATH for the others."
+            f"cannot read the Hub spec {spec!r}: it needs OWNER/REPO/PATH. Write {SPEC_FORMS}."
         )
-    return HubFile("/".join(parts[:2]), "/".join(parts[2:]), repo_type, revision or None)
+    file = HubFile("/".join(parts[:2]), "/".join(parts[2:]), repo_type, revision)
+    problem = hub_file_problem(file)
+    if problem:
+        raise CheckpointError(f"cannot read the Hub spec {spec!r}: {problem}. Write {SPEC_FORMS}.")
+    return file
 
 
-def hub_download(file: HubFile) -> Path:
+def hub_file_problem(file: HubFile) -> str | None:
+    """What makes ``file`` impossible to ask the Hub for, or ``None`` if it is well formed."""
+    try:
+        validate_repo_id(file.repo_id)
+    except HFValidationError:
+        return f"{file.repo_id!r} is not a valid OWNER/REPO name"
+    segments = file.filename.split("/")
+    if "\\" in file.filename or not all(segments) or {".", ".."} & set(segments):
+        return f"the path {file.filename!r} must be relative, without '.', '..' or empty parts"
+    if file.revision is not None and not _valid_revision(file.revision):
+        return f"the revision {file.revision!r} after '@' is not a branch, tag or commit name"
+    return None
+
+
+def _valid_revision(revision: str) -> bool:
+    """Whether ``revision`` can name a git ref or commit (``refs/pr/1`` included)."""
+    segments = revision.split("/")
+    return (
+        all(segments)
+        and ".." not in revision
+        and not any(c.isspace() or c in "~^:?*[\\" or ord(c) < 32 for c in revision)
+    )
+
+
+def hub_download(file: HubFile, force: bool = False) -> Path:
     """Finds ``file`` in the cache or downloads it there (with a progress bar).
 
     Concurrent requests for the same file, from threads or processes, download it
     once: ``hf_hub_download`` holds a lock file per blob.
 
+    Args:
+        file: What to fetch.
+        force: Download it again even if the cache has it (replacing a damaged copy).
+
     Returns:
         The file's path inside the cache.
 
     Raises:
+        CheckpointError: ``file`` is malformed (bad repository name, path or revision).
         HubError: The file could not be had; the message says why and what to do.
     """
+    problem = hub_file_problem(file)
+    if problem:
+        raise CheckpointError(f"cannot ask the Hub for {file}: {problem}. Write {SPEC_FORMS}.")
     offline = is_offline()
-    if not offline and _cached(file) is None:
+    if force and offline:
+        raise _explained(
+            f"cannot download {file} again: HF_HUB_OFFLINE=1 forbids network access",
+            "Unset HF_HUB_OFFLINE to use --force.",
+        )
+    if force or (not offline and _cached(file) is None):
         logger.info("downloading %s from %s into %s", file, hub_endpoint(), hub_cache_dir())
     # TODO(#3): with no cached copy, huggingface_hub retries an unreachable Hub for about 25 s
     # (minutes if packets are dropped) before failing, and it reads HF_HUB_OFFLINE for its own
@@ -227,72 +280,118 @@ def hub_download(file: HubFile) -> Path:
             cache_dir=hub_cache_dir(),
             endpoint=hub_endpoint(),
             local_files_only=offline,
+            force_download=force,
             library_name="adaclip",
         )
     except (OSError, ValueError, httpx2.HTTPError) as err:
-        raise HubError(explain_hub_failure(err, file, offline)) from err
+        raise _explained(*explain_hub_failure(err, file, offline)) from err
     logger.debug("%s is at %s", file, path)
     return Path(path)
 
 
-def explain_hub_failure(err: Exception, file: HubFile, offline: bool) -> str:
-    """Turns a huggingface_hub or network exception into what happened and what to do."""
+def _explained(reason: str, advice: str, kind: type[CheckpointError] = HubError) -> CheckpointError:
+    """An error of ``kind`` whose ``reason`` (what happened) can be listed without its advice."""
+    error = kind(f"{reason}. {advice}")
+    error.reason = reason
+    return error
+
+
+def explain_hub_failure(err: Exception, file: HubFile, offline: bool) -> tuple[str, str]:
+    """Turns a huggingface_hub or network exception into what happened and what to do.
+
+    Returns:
+        ``(reason, advice)``: one sentence each, without the final full stop on ``reason``.
+    """
     endpoint = hub_endpoint()
-    local = (
-        "or pass a local file instead (--checkpoint PATH; --backbone-weights PATH for the backbone)"
-    )
+    local = "or pass a local file (--checkpoint PATH; --backbone-weights PATH for the backbone)."
     if isinstance(err, LocalEntryNotFoundError) and offline:
         return (
             f"{file} is not in the cache ({hub_cache_dir()}) and HF_HUB_OFFLINE=1 forbids "
-            "downloading it. Unset HF_HUB_OFFLINE to download it, copy in a cache filled by "
-            f"`python -m adaclip download` on a machine with network (same HF_HOME), {local}."
+            "downloading it",
+            _offline_advice(),
         )
     if isinstance(err, LocalEntryNotFoundError):
+        if _status(err.__cause__):
+            return _http_failure(_status(err.__cause__), file, local)
         return (
             f"could not reach the Hub at {endpoint} for {file} ({_network_reason(err.__cause__)}) "
-            "and it is not in the cache. Check the connection or HF_ENDPOINT and try again, "
-            f"pre-fetch it with `python -m adaclip download` elsewhere, {local}."
+            "and it is not in the cache",
+            "Check the connection or HF_ENDPOINT and try again, pre-fetch it with "
+            f"`python -m adaclip download` elsewhere, {local}",
         )
     if isinstance(err, GatedRepoError):
         return (
-            f"{file.repo_type} repo {file.repo_id} is gated: accept its terms on the Hub and log "
-            f"in (HF_TOKEN), {local}."
+            f"{file.repo_type} repo {file.repo_id} is gated",
+            f"Accept its terms on the Hub and log in (HF_TOKEN), {local}",
         )
     if isinstance(err, RepositoryNotFoundError):
         return (
-            f"{file.repo_type} repo {file.repo_id} was not found on {endpoint} (or is private). "
+            f"{file.repo_type} repo {file.repo_id} was not found on {endpoint} (or is private)",
             "Check the name; Spaces are hf://spaces/OWNER/REPO/PATH and datasets "
-            f"hf://datasets/OWNER/REPO/PATH; log in (HF_TOKEN) for private repos, {local}."
+            f"hf://datasets/OWNER/REPO/PATH; log in (HF_TOKEN) for private repos, {local}",
         )
     if isinstance(err, RevisionNotFoundError):
         return (
-            f"revision {file.revision!r} does not exist in {file.repo_type} repo {file.repo_id}. "
-            f"Check the branch, tag or commit after '@', {local}."
+            f"revision {file.revision!r} does not exist in {file.repo_type} repo {file.repo_id}",
+            f"Check the branch, tag or commit after '@', {local}",
         )
     if isinstance(err, RemoteEntryNotFoundError):
         return (
             f"{file.repo_type} repo {file.repo_id} has no file {file.filename!r} at revision "
-            f"{file.revision or 'main'}. Check the path, {local}."
+            f"{file.revision or 'main'}",
+            f"Check the path, {local}",
         )
     return _transfer_failure(err, file, local)
 
 
-def _transfer_failure(err: Exception, file: HubFile, local: str) -> str:
-    """Explains failures during the transfer itself: server errors, cuts, timeouts, full disks."""
+def _offline_advice() -> str:
+    """What to do when HF_HUB_OFFLINE=1 and a file is not cached."""
+    return (
+        "Unset HF_HUB_OFFLINE to download it, copy in a cache filled by `python -m adaclip "
+        "download` on a machine with network (same HF_HOME), or pass a local file instead "
+        "(--checkpoint PATH; --backbone-weights PATH for the backbone)."
+    )
+
+
+def _status(err: BaseException | None) -> int | None:
+    """The HTTP status the Hub answered with, if ``err`` is an HTTP error response."""
     if isinstance(err, HfHubHTTPError) and err.response is not None:
+        return err.response.status_code
+    return None
+
+
+def _http_failure(status: int, file: HubFile, local: str) -> tuple[str, str]:
+    """Explains an HTTP error status: the Hub was reached but refused or failed."""
+    reason = f"the Hub at {hub_endpoint()} answered HTTP {status}"
+    if status >= 500:
         return (
-            f"the Hub at {hub_endpoint()} answered HTTP {err.response.status_code} while sending "
-            f"{file}. Try again later, {local}."
+            f"{reason} (a server error) for {file}",
+            f"Try again later, use the mirror (another repo with the same file) {local}",
         )
+    if status == 429:
+        return f"{reason} (too many requests) for {file}", f"Wait a while and try again, {local}"
+    if status in (401, 403):
+        return (
+            f"{reason} (access denied) for {file}",
+            f"Log in (HF_TOKEN) with an account that may read it, {local}",
+        )
+    return f"{reason} for {file}", f"Check the spec and HF_ENDPOINT, {local}"
+
+
+def _transfer_failure(err: Exception, file: HubFile, local: str) -> tuple[str, str]:
+    """Explains failures during the transfer itself: server errors, cuts, timeouts, full disks."""
+    if _status(err):
+        return _http_failure(_status(err), file, local)
     if isinstance(err, (httpx2.HTTPError, FileMetadataError)) or "Consistency check" in str(err):
         return (
-            f"the download of {file} failed ({_network_reason(err)}); nothing of it was kept. "
-            f"Try again, set HF_HUB_OFFLINE=1 to use only cached files, {local}."
+            f"the download of {file} failed ({_network_reason(err)}); nothing of it was kept",
+            f"Try again, set HF_HUB_OFFLINE=1 to use only cached files, {local}",
         )
     if isinstance(err, HFValidationError):
-        return f"{file} does not name a valid Hub repository: {err}"
+        return f"{file} does not name a valid Hub repository: {err}", f"Write {SPEC_FORMS}."
     return (
-        f"could not store {file} in the cache {hub_cache_dir()}: {err}. Check its space and rights."
+        f"could not store {file} in the cache {hub_cache_dir()}: {err}",
+        "Check its free space and access rights.",
     )
 
 
@@ -313,28 +412,33 @@ def _network_reason(err: BaseException | None) -> str:
     return str(err) if err is not None else "unknown network error"
 
 
-def resolve_checkpoint(spec: str | Path) -> Path:
+def resolve_checkpoint(spec: str | Path, force: bool = False) -> Path:
     """Turns a checkpoint spec into a local file, downloading it on first use.
+
+    ``hf://`` files are read once here and refused unless their key names are an
+    AdaCLIP checkpoint's, so a wrong or damaged download is named as such.
 
     Args:
         spec: A published name (see ``CHECKPOINTS``), ``hf://[spaces/|datasets/]OWNER/REPO/PATH
-            [@REVISION]`` or the path of a local ``.pth``/``.pt``/``.safetensors`` file.
+            [@REVISION]`` or the path of a local file ending in one of ``CHECKPOINT_SUFFIXES``.
+        force: Download a Hub file again even if the cache has a copy.
 
     Returns:
         The local file; Hub files live in the Hugging Face cache.
 
     Raises:
-        CheckpointError: The spec names nothing usable, or a published file fails its checksum.
+        CheckpointError: The spec names nothing usable, a published file fails its checksum
+            or a Hub file is not an AdaCLIP checkpoint.
         HubError: The Hub could not deliver the file.
     """
     text = str(spec)
     if text in CHECKPOINTS:
-        return fetch_published(CHECKPOINTS[text])
+        return fetch_published(CHECKPOINTS[text], force=force)
     if text.startswith("hf://"):
-        return hub_download(_checked_suffix(parse_hub_spec(text)))
+        return _fetch_hub_checkpoint(parse_hub_spec(text), force)[0]
     path = Path(text).expanduser()
     if path.is_file():
-        return path
+        return _checked_suffix(path, text)
     raise CheckpointError(
         f"checkpoint {text!r} is not a published name ({', '.join(CHECKPOINTS)}), not an hf:// "
         "spec and not an existing file. Give one of those; `python -m adaclip checkpoints` "
@@ -342,41 +446,96 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     )
 
 
-def _checked_suffix(file: HubFile) -> HubFile:
-    """Refuses, before any download, Hub files that cannot be AdaCLIP checkpoints."""
-    if not file.filename.endswith(CHECKPOINT_SUFFIXES):
+def fetch_checkpoint(spec: str | Path, force: bool = False) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Resolves ``spec`` like ``resolve_checkpoint``, then reads it and checks its key names.
+
+    This is what ``python -m adaclip download`` runs for each ``--checkpoint``.
+
+    Returns:
+        The local file and its tensors (keys with the ``clip_model.`` prefix).
+
+    Raises:
+        CheckpointError: As ``resolve_checkpoint``, or the file is not an AdaCLIP checkpoint.
+        HubError: The Hub could not deliver the file.
+    """
+    text = str(spec)
+    if text.startswith("hf://"):
+        return _fetch_hub_checkpoint(parse_hub_spec(text), force)
+    path = resolve_checkpoint(text, force=force)
+    state = read_state(path)
+    check_adaclip_names(state, text)
+    return path, state
+
+
+def _fetch_hub_checkpoint(file: HubFile, force: bool) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Downloads (or finds cached) an ``hf://`` checkpoint, reads it and checks its key names."""
+    _checked_suffix(Path(file.filename), str(file))
+    was_cached = not force and _cached(file) is not None
+    path = hub_download(file, force=force)
+    source = f"{file} (cached at {path})"
+    try:
+        state = read_state(path, source=source)
+    except CheckpointError as err:
+        if not was_cached:
+            raise
         raise CheckpointError(
-            f"{file} is not a checkpoint file: the path must end in "
-            f"{', '.join(CHECKPOINT_SUFFIXES)}."
+            f"{err} If the cached copy is damaged, fetch it again with "
+            f"`python -m adaclip download --force --checkpoint {file}`."
+        ) from err
+    check_adaclip_names(state, source)
+    return path, state
+
+
+def _checked_suffix(path: Path, shown: str) -> Path:
+    """Refuses files (local or on the Hub, before any download) named unlike a checkpoint."""
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(
+            f"{shown} is not a checkpoint file: its name must end in "
+            f"{', '.join(CHECKPOINT_SUFFIXES)} (PyTorch's torch.save or safetensors)."
         )
-    return file
+    return path
 
 
-def fetch_published(entry: PublishedCheckpoint) -> Path:
+def fetch_published(entry: PublishedCheckpoint, force: bool = False) -> Path:
     """Gets a published checkpoint from the Space, else the mirror, and checks its sha256.
 
     A cached copy with the published digest is used without asking the Hub anything:
     the bytes are pinned, so there is nothing newer to look for.
 
+    Args:
+        entry: The checkpoint to get.
+        force: Download it again even if an intact copy is cached.
+
     Raises:
         CheckpointError: Neither source gave the published bytes (a checksum was wrong).
-        HubError: Neither source could deliver the file.
+        HubError: Neither source could deliver the file, or HF_HUB_OFFLINE=1 and none is cached.
     """
-    cached = _verified_cached(entry)
+    cached = None if force else _verified_cached(entry)
     if cached is not None:
         return cached
+    if is_offline():
+        raise _explained(
+            f"the published checkpoint {entry.name!r} has no intact copy in the cache "
+            f"({hub_cache_dir()}) and HF_HUB_OFFLINE=1 forbids downloading it",
+            _offline_advice(),
+        )
     problems: list[CheckpointError] = []
     for file in entry.sources:
         try:
-            path = hub_download(file)
+            path = hub_download(file, force=force)
             verify_sha256(path, entry.sha256, file)
         except CheckpointError as err:
             if file != entry.sources[-1]:
-                logger.warning("%s Trying %s next.", err, entry.sources[-1])
+                logger.warning("%s; trying %s next", _reason(err), entry.sources[-1])
             problems.append(err)
             continue
         return path
     raise _unavailable(entry, problems)
+
+
+def _reason(err: CheckpointError) -> str:
+    """What went wrong, without the advice that the final message gives once."""
+    return getattr(err, "reason", str(err).rstrip("."))
 
 
 def _verified_cached(entry: PublishedCheckpoint) -> Path | None:
@@ -388,7 +547,7 @@ def _verified_cached(entry: PublishedCheckpoint) -> Path | None:
         try:
             verify_sha256(path, entry.sha256, file)
         except CheckpointError as err:
-            logger.warning("cached copy refused: %s", err)
+            logger.warning("cached copy refused: %s", _reason(err))
             continue
         return path
     return None
@@ -396,7 +555,7 @@ def _verified_cached(entry: PublishedCheckpoint) -> Path | None:
 
 def _unavailable(entry: PublishedCheckpoint, problems: list[CheckpointError]) -> CheckpointError:
     """The error for a published checkpoint that no source delivered intact."""
-    details = "\n".join(f"  - {err}" for err in problems)
+    details = "\n".join(f"  - {_reason(err)}" for err in problems)
     urls = " or ".join(file.url(hub_endpoint()) for file in entry.sources)
     message = (
         f"could not get the published checkpoint {entry.name!r} from the Space or the mirror:\n"
@@ -423,10 +582,11 @@ def verify_sha256(path: Path, expected: str, file: HubFile) -> None:
         logger.info("%s: sha256 verified (%s)", file, path)
         return
     _forget_cached(path)
-    raise CheckpointError(
-        f"{file} failed its checksum: sha256 {got} differs from the published {expected}. "
+    raise _explained(
+        f"{file} failed its checksum: sha256 {got} differs from the published {expected}",
         "The file was removed from the cache and not used. Try again later, or download the "
-        "file yourself, check its sha256 and pass it as a local file."
+        "file yourself, check its sha256 and pass it as a local file.",
+        CheckpointError,
     )
 
 
@@ -456,6 +616,30 @@ def cached_checkpoint(entry: PublishedCheckpoint) -> Path | None:
         if path is not None:
             return path
     return None
+
+
+def cached_status(entry: PublishedCheckpoint) -> str:
+    """Whether a published checkpoint is cached intact, as shown by ``adaclip checkpoints``.
+
+    Reads and hashes each cached copy (about 0.1 s for 43 MB) but changes nothing and
+    makes no network call.
+
+    Returns:
+        ``yes`` for a copy with the published sha256, ``no`` for none, else what is wrong.
+    """
+    status = "no"
+    for file in entry.sources:
+        path = _cached(file)
+        if path is None:
+            continue
+        try:
+            if file_sha256(path) == entry.sha256:
+                return "yes"
+        except OSError as err:
+            status = f"unreadable ({err.strerror or err}; re-downloaded on next use)"
+            continue
+        status = "corrupt (sha256 mismatch; re-downloaded on next use)"
+    return status
 
 
 def _cached(file: HubFile) -> Path | None:
@@ -541,40 +725,185 @@ def cached_backbone(name: str, pretrained: str) -> Path | None:
     return None
 
 
-def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state(path: str | Path, source: str | None = None) -> dict[str, torch.Tensor]:
     """Reads a flat tensor dict without unpickling any object.
 
-    ``.safetensors`` files go through safetensors; anything else through
-    ``torch.load(weights_only=True)``.
+    The file's first bytes decide how: a PyTorch file (zip or legacy pickle) goes
+    through ``torch.load(weights_only=True)``, a safetensors file through safetensors.
+
+    Args:
+        path: The file; its name must end in one of ``CHECKPOINT_SUFFIXES``.
+        source: How to name the file in messages (default: its path).
 
     Raises:
-        CheckpointError: The file is unreadable, truncated or holds something else.
+        CheckpointError: The file is misnamed, unreadable, truncated or holds something else.
     """
     path = Path(path)
+    source = source or str(path)
+    _checked_suffix(path, source)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        size = path.stat().st_size
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {source}: {err}.") from err
+    kind = _file_kind(head, size)
+    if kind == "safetensors" or (kind is None and path.suffix.lower() == ".safetensors"):
+        state = _load_safetensors(path, source)
+    elif kind == "torch":
+        state = _load_torch(path, source)
+    else:
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {err}. The file may be truncated or corrupt; "
-            "delete it and download it again."
-        ) from err
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load {path}: it contains Python objects, not only tensors ({err})."
-        ) from err
+            f"{source} is not a PyTorch or safetensors checkpoint ({_describe(head, size)}). "
+            "Pass the AdaCLIP checkpoint file itself (see `python -m adaclip checkpoints`)."
+        )
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise CheckpointError(
-            f"{path} is not an AdaCLIP checkpoint: expected a flat dict of tensors with keys "
+            f"{source} is not an AdaCLIP checkpoint: expected a flat dict of tensors with keys "
             f"starting with {PREFIX!r}."
         )
     return state
+
+
+TORCH_ZIP_MAGIC = b"PK\x03\x04"
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8"
+"""A pickle of protocol 2 whose first object is torch's legacy magic number."""
+
+
+def _file_kind(head: bytes, size: int) -> str | None:
+    """``torch`` or ``safetensors`` from a file's first 16 bytes, or ``None`` for neither."""
+    if head.startswith((TORCH_ZIP_MAGIC, TORCH_LEGACY_MAGIC)):
+        return "torch"
+    if len(head) > 8 and 0 < int.from_bytes(head[:8], "little") < size and head[8:9] == b"{":
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    return None
+
+
+def _describe(head: bytes, size: int) -> str:
+    """A short phrase for what a file that is not a checkpoint seems to be."""
+    text = head.lstrip()
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(b"\x89PNG"):
+        return "it is a PNG image"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "it is a JPEG image"
+    if head.startswith(b"PK"):
+        return "it is a zip archive without PyTorch's layout"
+    if text.startswith((b"{", b"[")):
+        return "it looks like JSON text"
+    if all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+        return f"it looks like text: {head.decode('ascii')!r}..."
+    return f"it starts with the bytes {head[:8].hex(' ')}"
+
+
+def _load_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """Loads a safetensors file onto the CPU."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{source} is not a valid safetensors file ({err}); re-download or re-export it."
+        ) from err
+
+
+TORCH_LOAD_ERRORS = (
+    OSError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    zipfile.BadZipFile,
+)
+"""What ``torch.load`` raises for a damaged file (its unpickler fails in many ways)."""
+
+
+def _load_torch(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """Loads a ``torch.save`` file with ``weights_only=True``: tensors and plain containers only.
+
+    Torch's advice to retry with ``weights_only=False`` is never passed on: that would run
+    whatever code the file carries.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CheckpointError(
+                f"cannot read checkpoint {source}: its pickled index is damaged. The file may "
+                "be truncated or corrupt; delete it and download it again."
+            ) from err
+        raise CheckpointError(
+            f"refusing to load {source}: it contains Python objects ({found[1]}), not only "
+            "tensors. AdaCLIP checkpoints hold a flat dict of tensors; re-export it that way "
+            "(torch.save of a state dict, or safetensors)."
+        ) from err
+    except TORCH_LOAD_ERRORS as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {source}: {_first_line(err)}. "
+            "The file may be truncated or corrupt; delete it and download it again."
+        ) from err
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of an exception's message, or its repr when it has none."""
+    text = str(err)
+    return text.splitlines()[0] if text else repr(err)
+
+
+ADACLIP_KEY = re.compile(
+    re.escape(PREFIX) + r"(?:(?:visual|text)_prompter\.static_prompts\.\d+"
+    r"|(?:dynamic_visual_prompt_generator|dynamic_text_prompt_generator|patch_token_layer"
+    r"|cls_token_layer)\.head\.\d+\.(?:weight|bias))"
+)
+"""The key names of an AdaCLIP checkpoint (METHOD.md section 3); counts depend on the config."""
+
+ADACLIP_PARTS = (
+    "visual_prompter",
+    "text_prompter",
+    "dynamic_visual_prompt_generator",
+    "dynamic_text_prompt_generator",
+    "patch_token_layer",
+    "cls_token_layer",
+)
+
+
+def check_adaclip_names(state: dict[str, torch.Tensor], source: str) -> None:
+    """Checks by key names alone (shapes depend on the backbone) that ``state`` is AdaCLIP's.
+
+    Raises:
+        CheckpointError: A key has no AdaCLIP name, or a learnable part is missing.
+    """
+    _check_prefix(state, source)
+    strange = [k for k in state if not ADACLIP_KEY.fullmatch(k)]
+    parts = {k.removeprefix(PREFIX).split(".", 1)[0] for k in state}
+    missing = [part for part in ADACLIP_PARTS if part not in parts]
+    if strange or missing:
+        shown = ", ".join(strange[:5]) + (f" and {len(strange) - 5} more" if strange[5:] else "")
+        problems = ([f"keys no AdaCLIP checkpoint has: {shown}"] if strange else []) + (
+            [f"missing parts: {', '.join(PREFIX + m for m in missing)}"] if missing else []
+        )
+        raise CheckpointError(
+            f"{source} is not an AdaCLIP checkpoint: " + "; ".join(problems) + ". An AdaCLIP "
+            "checkpoint holds only the prompts and heads listed in METHOD.md section 3."
+        )
+
+
+def _check_prefix(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuses a state none of whose keys carries the reference prefix."""
+    if not any(k.startswith(PREFIX) for k in state):
+        raise CheckpointError(
+            f"{source} is not an AdaCLIP checkpoint: none of its {len(state)} keys starts with "
+            f"{PREFIX!r} (it may be a CLIP backbone; pass that with --backbone-weights)."
+        )
 
 
 def check_state(
@@ -593,11 +922,7 @@ def check_state(
     Raises:
         CheckpointError: A key is missing or unexpected, or a shape differs; all are named.
     """
-    if not any(k.startswith(PREFIX) for k in state):
-        raise CheckpointError(
-            f"{source} is not an AdaCLIP checkpoint: none of its {len(state)} keys starts with "
-            f"{PREFIX!r} (it may be a CLIP backbone; pass that with --backbone-weights)."
-        )
+    _check_prefix(state, source)
     stripped = {k.removeprefix(PREFIX): v for k, v in state.items()}
     missing = sorted(set(expected) - set(stripped))
     unexpected = sorted(set(stripped) - set(expected))

@@ -7,7 +7,14 @@ import os
 import pytest
 import torch
 
-from adaclip.checkpoints import PREFIX, check_state, read_state, save_checkpoint
+from adaclip.checkpoints import (
+    PREFIX,
+    check_adaclip_names,
+    check_state,
+    read_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from adaclip.errors import CheckpointError
 
 
@@ -52,23 +59,90 @@ def test_backbone_weights_are_not_an_adaclip_checkpoint(golden_dir, expected):
         check_state(state, expected, "clip_weights.pt")
 
 
-def test_pickled_objects_are_refused(tmp_path):
+@pytest.mark.parametrize("zipped", [True, False])
+def test_pickled_objects_are_refused_without_torchs_advice(tmp_path, zipped):
     path = tmp_path / "evil.pth"
-    torch.save({"clip_model.x": torch.zeros(1), "payload": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="evil.pth"):
+    state = {"clip_model.x": torch.zeros(1), "payload": _Payload()}
+    torch.save(state, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(CheckpointError, match="evil.pth: it contains Python objects") as info:
         read_state(path)
+    assert "_Payload" in str(info.value)
+    assert "weights_only" not in str(info.value)
 
 
 class _Payload:
     """Any non-tensor object that weights_only loading must refuse."""
 
 
-@pytest.mark.parametrize("data", [b"", b"garbage" * 10])
-def test_corrupt_files(tmp_path, data):
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"", "the file is empty"),
+        (b"garbage" * 10, "it looks like text: 'garbagegarbagega'..."),
+        (b'{"model_cfg": {"embed_dim": 64}}', "it looks like JSON text"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "it is a PNG image"),
+        (bytes(range(200, 256)), "it starts with the bytes c8 c9 ca"),
+        (b"\x80\x02junk" * 4, "it starts with the bytes 80 02 6a"),
+    ],
+)
+def test_files_that_are_no_checkpoint_say_what_they_are(tmp_path, data, what):
     path = tmp_path / "bad.pth"
     path.write_bytes(data)
-    with pytest.raises(CheckpointError, match="bad.pth"):
+    with pytest.raises(CheckpointError) as info:
         read_state(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a PyTorch or safetensors checkpoint ({what}")
+    assert "Python objects" not in message and "weights_only" not in message
+
+
+@pytest.mark.parametrize("data", [b"junk\n", b"\x10" + bytes(7) + b'{"a": 1}'])
+def test_corrupt_safetensors_file(tmp_path, data):
+    path = tmp_path / "j.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match="j.safetensors is not a valid safetensors file"):
+        read_state(path)
+
+
+def test_truncated_safetensors_file(tmp_path, reference, expected):
+    path = save_checkpoint(check_state(reference, expected, "golden"), tmp_path / "ck.safetensors")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="not a valid safetensors file .*re-download"):
+        read_state(path)
+
+
+def test_content_decides_the_format_not_the_suffix(tmp_path, reference, expected):
+    path = save_checkpoint(check_state(reference, expected, "golden"), tmp_path / "ck.safetensors")
+    renamed = path.rename(tmp_path / "ck.bin")
+    assert read_state(renamed).keys() == reference.keys()
+
+
+@pytest.mark.parametrize("name", ["weights.json", "ck.png", "ck"])
+def test_local_files_must_have_a_checkpoint_suffix(tmp_path, golden_dir, name):
+    path = tmp_path / name
+    path.write_bytes((golden_dir / "adaclip_checkpoint.pth").read_bytes())
+    match = "is not a checkpoint file: its name must end in .pth, .pt, .bin, .safetensors"
+    with pytest.raises(CheckpointError, match=match):
+        resolve_checkpoint(str(path))
+    with pytest.raises(CheckpointError, match=match):
+        read_state(path)
+
+
+def test_adaclip_key_names_are_recognised(reference, golden_dir):
+    check_adaclip_names(reference, "golden")
+    backbone = read_state(golden_dir / "clip_weights.pt")
+    with pytest.raises(CheckpointError, match="none of its 110 keys starts with 'clip_model.'"):
+        check_adaclip_names(backbone, "clip_weights.pt")
+
+
+def test_foreign_and_missing_key_names_are_named(reference):
+    state = {k: v for k, v in reference.items() if "cls_token_layer" not in k}
+    state[PREFIX + "visual.proj"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as info:
+        check_adaclip_names(state, "odd.pth")
+    message = str(info.value)
+    assert message.startswith("odd.pth is not an AdaCLIP checkpoint")
+    assert "keys no AdaCLIP checkpoint has: clip_model.visual.proj" in message
+    assert "missing parts: clip_model.cls_token_layer" in message
 
 
 def test_truncated_checkpoint(tmp_path, golden_dir):

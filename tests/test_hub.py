@@ -23,7 +23,9 @@ from adaclip.checkpoints import (
     PublishedCheckpoint,
     cached_backbone,
     cached_checkpoint,
+    cached_status,
     fetch_backbone,
+    fetch_checkpoint,
     file_sha256,
     parse_hub_spec,
     read_state,
@@ -96,8 +98,43 @@ def test_parse_hub_spec_reads_repo_types_and_revisions() -> None:
         "a/b", "x.safetensors", "dataset", "v1"
     )
     assert str(HubFile("a/b", "w/x.pt", "space", "dev")) == "hf://spaces/a/b/w/x.pt@dev"
+    assert parse_hub_spec("hf://a/b/x.pth@refs/pr/1") == HubFile(
+        "a/b", "x.pth", "model", "refs/pr/1"
+    )
     with pytest.raises(CheckpointError, match="hf://OWNER/REPO/PATH"):
         parse_hub_spec("hf://just-a-repo/x.pth")
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("hf://my org/g/x.pth", "'my org/g' is not a valid OWNER/REPO name"),
+        ("hf://tester/g/../../x.pth", "the path '../../x.pth' must be relative"),
+        ("hf://tester/g/./x.pth", "the path './x.pth' must be relative"),
+        ("hf://tester/g/x.pth@", "the revision '' after '@'"),
+        ("hf://tester/g/x.pth@a b", "the revision 'a b' after '@'"),
+        ("hf://tester/g/x.pth@../main", "the revision '../main' after '@'"),
+    ],
+)
+def test_invalid_specs_are_refused_before_any_request(
+    hub: HubServer, spec: str, problem: str
+) -> None:
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint(spec)
+
+    assert not isinstance(info.value, HubError)
+    assert f"cannot read the Hub spec {spec!r}: {problem}" in str(info.value)
+    assert "hf://spaces/OWNER/REPO/PATH" in str(info.value)
+    assert hub.requests == []
+
+
+def test_revision_with_slashes_is_downloaded(hub: HubServer, golden_bytes: bytes) -> None:
+    hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes, revision="refs/pr/1")
+
+    path = resolve_checkpoint(GOLDEN_SPEC + "@refs/pr/1")
+
+    assert path.read_bytes() == golden_bytes
+    assert hub.count("GET", "/resolve/refs%2Fpr%2F1/") == 1
 
 
 def test_download_then_cache_then_offline(
@@ -269,6 +306,7 @@ def test_offline_mode_without_cache_says_what_to_do(
         resolve_checkpoint("all")
 
     assert "python -m adaclip download" in str(info.value)
+    assert str(info.value).count("Unset HF_HUB_OFFLINE") == 1
     assert hub.requests == []
 
 
@@ -294,8 +332,13 @@ def test_server_error_is_explained(hub: HubServer, golden_bytes: bytes, no_backo
     hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes)
     hub.fail("tester/adaclip-golden", "adaclip_checkpoint.pth", "500")
 
-    with pytest.raises(HubError, match="could not reach the Hub .* answered HTTP 500"):
+    with pytest.raises(
+        HubError, match=r"the Hub at .* answered HTTP 500 \(a server error\)"
+    ) as info:
         resolve_checkpoint(GOLDEN_SPEC)
+
+    assert "Try again later, use the mirror" in str(info.value)
+    assert "could not reach" not in str(info.value) and "connection" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -366,7 +409,7 @@ def test_concurrent_first_requests_download_once(hub: HubServer, golden_bytes: b
 
 
 def test_non_checkpoint_names_are_refused_before_any_request(hub: HubServer) -> None:
-    with pytest.raises(CheckpointError, match="must end in .pth, .pt, .safetensors"):
+    with pytest.raises(CheckpointError, match="must end in .pth, .pt, .bin, .safetensors"):
         resolve_checkpoint("hf://tester/adaclip-golden/README.md")
     with pytest.raises(CheckpointError, match="not a published name .*all, mvtec-colondb"):
         resolve_checkpoint("no-such-checkpoint")
@@ -512,3 +555,153 @@ def test_hf_hub_cache_wins_over_hf_home(
 
     assert path.is_relative_to(tmp_path / "elsewhere")
     assert not (tmp_path / "hf" / "hub").exists()
+
+
+NOT_CHECKPOINTS = [
+    (b'{"model_cfg": {"embed_dim": 64}}', "it looks like JSON text"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(64), "it is a PNG image"),
+    (bytes(range(256)), "it starts with the bytes 00 01 02"),
+]
+
+
+@pytest.mark.parametrize(("data", "what"), NOT_CHECKPOINTS)
+def test_hub_file_that_is_no_checkpoint_says_what_it_is(
+    hub: HubServer, data: bytes, what: str
+) -> None:
+    hub.add("tester/g", "x.pth", data)
+
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint("hf://tester/g/x.pth")
+
+    message = str(info.value)
+    assert message.startswith("hf://tester/g/x.pth (cached at ")
+    assert f"is not a PyTorch or safetensors checkpoint ({what}" in message
+    assert "Python objects" not in message and "weights_only" not in message
+    assert "--force" not in message  # a fresh download: fetching it again would not help
+
+
+def test_damaged_cached_hub_file_names_its_path_and_force(
+    hub: HubServer, golden_bytes: bytes
+) -> None:
+    hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes)
+    path = resolve_checkpoint(GOLDEN_SPEC)
+    path.resolve().write_bytes(golden_bytes[: len(golden_bytes) // 2])
+
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint(GOLDEN_SPEC)
+
+    assert f"(cached at {path})" in str(info.value)
+    assert f"python -m adaclip download --force --checkpoint {GOLDEN_SPEC}" in str(info.value)
+    assert fetch_checkpoint(GOLDEN_SPEC, force=True)[0].read_bytes() == golden_bytes
+    assert hub.count("GET") == 2
+
+
+def test_force_downloads_a_cached_file_again(hub: HubServer, golden_bytes: bytes) -> None:
+    hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes)
+    first = resolve_checkpoint(GOLDEN_SPEC)
+
+    assert resolve_checkpoint(GOLDEN_SPEC, force=True) == first
+    assert hub.count("GET") == 2
+
+
+def test_force_downloads_a_published_checkpoint_again(
+    hub: HubServer, golden_entry: PublishedCheckpoint, golden_bytes: bytes
+) -> None:
+    serve(hub, golden_entry.space_file, golden_bytes)
+    path = resolve_checkpoint("golden")
+
+    assert resolve_checkpoint("golden", force=True) == path
+    assert hub.count("GET", "/spaces/tester/AdaCLIP/") == 2
+
+
+def test_force_is_refused_offline(
+    hub: HubServer, golden_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes)
+    resolve_checkpoint(GOLDEN_SPEC)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE=1 forbids network access"):
+        resolve_checkpoint(GOLDEN_SPEC, force=True)
+
+
+def test_fetch_checkpoint_refuses_a_backbone_by_its_key_names(
+    hub: HubServer, golden_dir: Path, tmp_path: Path
+) -> None:
+    hub.add("tester/g", "backbone.pth", (golden_dir / "clip_weights.pt").read_bytes())
+    local = tmp_path / "backbone.pt"
+    local.write_bytes((golden_dir / "clip_weights.pt").read_bytes())
+
+    with pytest.raises(CheckpointError, match="is not an AdaCLIP checkpoint: none of its 110"):
+        fetch_checkpoint("hf://tester/g/backbone.pth")
+    with pytest.raises(CheckpointError, match="backbone.pt is not an AdaCLIP checkpoint"):
+        fetch_checkpoint(local)
+
+
+def test_fetch_checkpoint_refuses_foreign_keys(
+    hub: HubServer, golden_dir: Path, tmp_path: Path
+) -> None:
+    state = read_state(golden_dir / "adaclip_checkpoint.pth")
+    state["clip_model.visual.proj"] = torch.zeros(2, 2)
+    torch.save(state, tmp_path / "odd.pth")
+    hub.add("tester/g", "odd.pth", (tmp_path / "odd.pth").read_bytes())
+
+    with pytest.raises(CheckpointError, match="keys no AdaCLIP checkpoint has: clip_model.visual"):
+        fetch_checkpoint("hf://tester/g/odd.pth")
+
+
+def test_fetch_checkpoint_returns_path_and_tensors(hub: HubServer, golden_bytes: bytes) -> None:
+    hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes)
+
+    path, state = fetch_checkpoint(GOLDEN_SPEC)
+
+    assert path == resolve_checkpoint(GOLDEN_SPEC)
+    assert len(state) == 38 and all(k.startswith("clip_model.") for k in state)
+
+
+def test_download_command_refuses_a_backbone_as_checkpoint(
+    hub: HubServer, golden_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    hub.add("tester/g", "backbone.pth", (golden_dir / "clip_weights.pt").read_bytes())
+
+    status = cli.main(["download", "--checkpoint", "hf://tester/g/backbone.pth"])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: hf://tester/g/backbone.pth (cached at ")
+    assert "is not an AdaCLIP checkpoint" in err and "--backbone-weights" in err
+
+
+def test_cached_status_verifies_the_digest(
+    hub: HubServer, golden_entry: PublishedCheckpoint, golden_bytes: bytes
+) -> None:
+    serve(hub, golden_entry.mirror_file, golden_bytes)
+    assert cached_status(golden_entry) == "no"
+    path = resolve_checkpoint("golden")
+    assert cached_status(golden_entry) == "yes"
+
+    path.resolve().write_bytes(tampered(golden_bytes))
+
+    assert cached_status(golden_entry) == "corrupt (sha256 mismatch; re-downloaded on next use)"
+    assert path.exists()  # listing changes nothing
+    assert resolve_checkpoint("golden").read_bytes() == golden_bytes
+    assert cached_status(golden_entry) == "yes"
+
+
+def test_one_failing_source_warns_once_and_briefly(
+    hub: HubServer,
+    golden_entry: PublishedCheckpoint,
+    golden_bytes: bytes,
+    caplog: pytest.LogCaptureFixture,
+    no_backoff: None,
+) -> None:
+    serve(hub, golden_entry.mirror_file, golden_bytes)
+
+    with caplog.at_level(logging.WARNING, logger="adaclip"):
+        resolve_checkpoint("golden")
+
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("adaclip")]
+    assert len(warnings) == 1
+    assert "space repo tester/AdaCLIP was not found" in warnings[0]
+    assert warnings[0].endswith("trying hf://tester/adaclip-mirror/golden.pth next")
+    assert "local file" not in warnings[0]

@@ -102,3 +102,40 @@ def test_published_checkpoint_with_wrong_bytes_exits_with_checksum_message(
     assert "failed its checksum" in done.stderr and entry.sha256 in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def adaclip(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "adaclip", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+
+
+def test_offline_without_cache_gives_its_advice_once(hub: HubServer, tmp_path: Path) -> None:
+    done = adaclip(["download", "--checkpoint", "all"], hub_env(hub, tmp_path / "hf", True))
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: the published checkpoint 'all' has no intact copy")
+    assert done.stderr.count("Unset HF_HUB_OFFLINE") == 1
+    assert "WARNING" not in done.stderr and "Traceback" not in done.stderr
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("j.safetensors", b"junk\n", "j.safetensors is not a valid safetensors file"),
+        ("cfg.pth", b'{"embed_dim": 64}', "cfg.pth is not a PyTorch or safetensors checkpoint"),
+        ("cfg.json", b'{"embed_dim": 64}', "cfg.json is not a checkpoint file"),
+    ],
+)
+def test_predict_with_a_file_that_is_no_checkpoint_exits_with_a_message(
+    hub: HubServer, golden_dir: Path, golden: dict, tmp_path: Path, name, data, message
+) -> None:
+    (tmp_path / name).write_bytes(data)
+    args = golden_predict_args(golden_dir, golden, tmp_path / "out")
+    args[args.index(GOLDEN_SPEC)] = str(tmp_path / name)
+
+    done = predict(args, hub_env(hub, tmp_path / "hf"))
+
+    assert done.returncode == 2
+    assert "error: " in done.stderr and message in done.stderr
+    assert "Traceback" not in done.stderr and "weights_only" not in done.stderr
