@@ -381,6 +381,12 @@ def _add_download(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_PRETRAINED,
         help=f"open_clip pretrained tag of the backbone (default: {DEFAULT_PRETRAINED})",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="download the checkpoints again even if cached, replacing a damaged copy (needs "
+        "the network)",
+    )
     parser.set_defaults(handler=run_download)
 
 
@@ -389,16 +395,15 @@ def run_download(args: argparse.Namespace) -> int:
     from adaclip.checkpoints import (
         DEFAULT_CHECKPOINT,
         fetch_backbone,
+        fetch_checkpoint,
         hub_cache_dir,
-        read_state,
-        resolve_checkpoint,
     )
 
     specs = args.checkpoints or ([] if args.backbone else [DEFAULT_CHECKPOINT])
     backbone = args.backbone or (None if args.checkpoints else DEFAULT_BACKBONE)
     for spec in specs:
-        path = resolve_checkpoint(spec)
-        sys.stdout.write(f"checkpoint {spec}: {path} ({len(read_state(path))} tensors)\n")
+        path, state = fetch_checkpoint(spec, force=args.force)
+        sys.stdout.write(f"checkpoint {spec}: {path} ({len(state)} tensors)\n")
     if backbone:
         path = fetch_backbone(backbone, args.pretrained)
         sys.stdout.write(f"backbone {backbone} ({args.pretrained}): {path}\n")
@@ -411,18 +416,19 @@ def _add_checkpoints(subparsers: argparse._SubParsersAction) -> None:
         "checkpoints",
         help="list the published checkpoints and whether each is cached",
         description="List the published AdaCLIP checkpoints, what they were trained on, their "
-        "size and whether each is already in the Hugging Face cache (no network access).",
+        "size and whether each is already in the Hugging Face cache with the published sha256 "
+        "(no network access).",
     )
     parser.set_defaults(handler=run_checkpoints)
 
 
 def run_checkpoints(args: argparse.Namespace) -> int:
     """Prints the published checkpoints as a table, and the backbone's cache state."""
-    from adaclip.checkpoints import CHECKPOINTS, cached_backbone, cached_checkpoint, hub_cache_dir
+    from adaclip.checkpoints import CHECKPOINTS, cached_backbone, cached_status, hub_cache_dir
 
     rows = [("name", "trained on", "size", "cached")]
     for entry in CHECKPOINTS.values():
-        cached = "yes" if cached_checkpoint(entry) else "no"
+        cached = cached_status(entry)
         rows.append((entry.name, entry.trained_on, f"{entry.size_mb:.1f} MB", cached))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [

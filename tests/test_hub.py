@@ -705,3 +705,20 @@ def test_one_failing_source_warns_once_and_briefly(
     assert "space repo tester/AdaCLIP was not found" in warnings[0]
     assert warnings[0].endswith("trying hf://tester/adaclip-mirror/golden.pth next")
     assert "local file" not in warnings[0]
+
+
+def test_checkpoints_command_shows_a_corrupt_cached_copy(
+    hub, golden_entry, golden_bytes, capsys
+) -> None:
+    serve(hub, golden_entry.mirror_file, golden_bytes)
+    resolve_checkpoint("golden").resolve().write_bytes(tampered(golden_bytes))
+    assert cli.main(["checkpoints"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.split()}
+    assert rows["golden"].rstrip().endswith("corrupt (sha256 mismatch; re-downloaded on next use)")
+
+
+def test_download_force_fetches_again(hub, golden_bytes) -> None:
+    hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes)
+    assert cli.main(["download", "--checkpoint", GOLDEN_SPEC]) == 0
+    assert cli.main(["download", "--force", "--checkpoint", GOLDEN_SPEC]) == 0
+    assert hub.count("GET") == 2
