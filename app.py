@@ -30,7 +30,7 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from adaclip import checkpoints, prompts, render
+from adaclip import checkpoint_io, checkpoints, prompts, render
 from adaclip.cli import add_model_options, configure_logging, detector_from_args
 from adaclip.detector import Detector, Failure, Prediction
 from adaclip.errors import AdaCLIPError, CheckpointError, HubError
@@ -48,9 +48,7 @@ EXAMPLES = [
     ("grass_patch.jpg", "grass"),
     ("retina_spots.jpg", "retina"),
 ]
-PUBLISHED = tuple(
-    getattr(checkpoints, "CHECKPOINTS", None) or ("all", "mvtec-colondb", "visa-clinicdb")
-)
+PUBLISHED = tuple(checkpoints.CHECKPOINTS)
 DEFAULT_THRESHOLD = 0.5
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_BATCH_IMAGES = 32
@@ -425,9 +423,9 @@ def _sibling_detector(base: Detector, checkpoint: str) -> Detector:
     backbone is never modified, so both detectors can run at the same time.
     """
     started = time.perf_counter()
-    state = checkpoints.read_state(checkpoints.resolve_checkpoint(checkpoint))
+    state = checkpoint_io.read_state(checkpoints.resolve_checkpoint(checkpoint))
     model = AdaCLIP(base.model.clip, base.config)
-    model.load_learnable(checkpoints.check_state(state, model.learnable_state_dict(), checkpoint))
+    model.load_learnable(checkpoint_io.check_state(state, model.learnable_state_dict(), checkpoint))
     detector = Detector(model, base.device, base.precision, base.max_pixels, checkpoint=checkpoint)
     logger.info("checkpoint %s ready in %.1f s", checkpoint, time.perf_counter() - started)
     return detector

@@ -9,13 +9,8 @@ Build a :class:`Detector` once and call it on images::
 """
 
 from adaclip.backbone import load_backbone
-from adaclip.checkpoints import (
-    CHECKPOINTS,
-    PublishedCheckpoint,
-    read_state,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from adaclip.checkpoint_io import read_state, save_checkpoint
+from adaclip.checkpoints import CHECKPOINTS, PublishedCheckpoint, resolve_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.detector import Detector, Failure, Prediction
 from adaclip.errors import AdaCLIPError, CheckpointError, ClassNameError, HubError, ImageError

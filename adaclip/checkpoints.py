@@ -1,4 +1,4 @@
-"""AdaCLIP checkpoints: the published registry, Hub downloads, safe loading, checking, saving.
+"""AdaCLIP checkpoints: the published registry and Hub downloads, verified and cached.
 
 This is the only module that touches the network. Every download goes through
 ``huggingface_hub.hf_hub_download`` into the standard Hugging Face cache
@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
-import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +33,14 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from adaclip.checkpoint_io import (
+    check_adaclip_names,
+    checked_suffix,
+    read_state,
+)
 from adaclip.errors import CheckpointError, HubError
-from adaclip.files import write_atomically
 
 logger = logging.getLogger(__name__)
-
-PREFIX = "clip_model."
-"""Key prefix of every tensor in a reference-format checkpoint."""
 
 SPACE_REPO = "Caoyunkang/AdaCLIP"
 """The authors' Hugging Face Space, which holds the published checkpoints."""
@@ -51,8 +49,6 @@ MIRROR_REPO = "cubert-gmbh/adaclip"
 """A third-party model repo with byte-identical copies at its top level."""
 
 DEFAULT_CHECKPOINT = "all"
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-"""File name endings accepted for checkpoints: ``torch.save`` files and safetensors."""
 REPO_TYPE_PREFIXES = {"spaces/": "space", "datasets/": "dataset", "models/": "model"}
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 """The file names open_clip looks for in a Hub repo named without a file, safest first."""
@@ -438,7 +434,7 @@ def resolve_checkpoint(spec: str | Path, force: bool = False) -> Path:
         return _fetch_hub_checkpoint(parse_hub_spec(text), force)[0]
     path = Path(text).expanduser()
     if path.is_file():
-        return _checked_suffix(path, text)
+        return checked_suffix(path, text)
     raise CheckpointError(
         f"checkpoint {text!r} is not a published name ({', '.join(CHECKPOINTS)}), not an hf:// "
         "spec and not an existing file. Give one of those; `python -m adaclip checkpoints` "
@@ -469,7 +465,7 @@ def fetch_checkpoint(spec: str | Path, force: bool = False) -> tuple[Path, dict[
 
 def _fetch_hub_checkpoint(file: HubFile, force: bool) -> tuple[Path, dict[str, torch.Tensor]]:
     """Downloads (or finds cached) an ``hf://`` checkpoint, reads it and checks its key names."""
-    _checked_suffix(Path(file.filename), str(file))
+    checked_suffix(Path(file.filename), str(file))
     was_cached = not force and _cached(file) is not None
     path = hub_download(file, force=force)
     source = f"{file} (cached at {path})"
@@ -484,16 +480,6 @@ def _fetch_hub_checkpoint(file: HubFile, force: bool) -> tuple[Path, dict[str, t
         ) from err
     check_adaclip_names(state, source)
     return path, state
-
-
-def _checked_suffix(path: Path, shown: str) -> Path:
-    """Refuses files (local or on the Hub, before any download) named unlike a checkpoint."""
-    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise CheckpointError(
-            f"{shown} is not a checkpoint file: its name must end in "
-            f"{', '.join(CHECKPOINT_SUFFIXES)} (PyTorch's torch.save or safetensors)."
-        )
-    return path
 
 
 def fetch_published(entry: PublishedCheckpoint, force: bool = False) -> Path:
@@ -723,253 +709,3 @@ def cached_backbone(name: str, pretrained: str) -> Path | None:
         if path is not None:
             return path
     return None
-
-
-def read_state(path: str | Path, source: str | None = None) -> dict[str, torch.Tensor]:
-    """Reads a flat tensor dict without unpickling any object.
-
-    The file's first bytes decide how: a PyTorch file (zip or legacy pickle) goes
-    through ``torch.load(weights_only=True)``, a safetensors file through safetensors.
-
-    Args:
-        path: The file; its name must end in one of ``CHECKPOINT_SUFFIXES``.
-        source: How to name the file in messages (default: its path).
-
-    Raises:
-        CheckpointError: The file is misnamed, unreadable, truncated or holds something else.
-    """
-    path = Path(path)
-    source = source or str(path)
-    _checked_suffix(path, source)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-        size = path.stat().st_size
-    except OSError as err:
-        raise CheckpointError(f"cannot read checkpoint {source}: {err}.") from err
-    kind = _file_kind(head, size)
-    if kind == "safetensors" or (kind is None and path.suffix.lower() == ".safetensors"):
-        state = _load_safetensors(path, source)
-    elif kind == "torch":
-        state = _load_torch(path, source)
-    else:
-        raise CheckpointError(
-            f"{source} is not a PyTorch or safetensors checkpoint ({_describe(head, size)}). "
-            "Pass the AdaCLIP checkpoint file itself (see `python -m adaclip checkpoints`)."
-        )
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CheckpointError(
-            f"{source} is not an AdaCLIP checkpoint: expected a flat dict of tensors with keys "
-            f"starting with {PREFIX!r}."
-        )
-    return state
-
-
-TORCH_ZIP_MAGIC = b"PK\x03\x04"
-TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8"
-"""A pickle of protocol 2 whose first object is torch's legacy magic number."""
-
-
-def _file_kind(head: bytes, size: int) -> str | None:
-    """``torch`` or ``safetensors`` from a file's first 16 bytes, or ``None`` for neither."""
-    if head.startswith((TORCH_ZIP_MAGIC, TORCH_LEGACY_MAGIC)):
-        return "torch"
-    if len(head) > 8 and 0 < int.from_bytes(head[:8], "little") < size and head[8:9] == b"{":
-        return "safetensors"  # an 8-byte header length, then the JSON header
-    return None
-
-
-def _describe(head: bytes, size: int) -> str:
-    """A short phrase for what a file that is not a checkpoint seems to be."""
-    text = head.lstrip()
-    if size == 0:
-        return "the file is empty"
-    if head.startswith(b"\x89PNG"):
-        return "it is a PNG image"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "it is a JPEG image"
-    if head.startswith(b"PK"):
-        return "it is a zip archive without PyTorch's layout"
-    if text.startswith((b"{", b"[")):
-        return "it looks like JSON text"
-    if all(32 <= c < 127 or c in b"\t\r\n" for c in head):
-        return f"it looks like text: {head.decode('ascii')!r}..."
-    return f"it starts with the bytes {head[:8].hex(' ')}"
-
-
-def _load_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
-    """Loads a safetensors file onto the CPU."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(
-            f"{source} is not a valid safetensors file ({err}); re-download or re-export it."
-        ) from err
-
-
-TORCH_LOAD_ERRORS = (
-    OSError,
-    RuntimeError,
-    EOFError,
-    ValueError,
-    KeyError,
-    IndexError,
-    TypeError,
-    AttributeError,
-    zipfile.BadZipFile,
-)
-"""What ``torch.load`` raises for a damaged file (its unpickler fails in many ways)."""
-
-
-def _load_torch(path: Path, source: str) -> dict[str, torch.Tensor]:
-    """Loads a ``torch.save`` file with ``weights_only=True``: tensors and plain containers only.
-
-    Torch's advice to retry with ``weights_only=False`` is never passed on: that would run
-    whatever code the file carries.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found is None:
-            raise CheckpointError(
-                f"cannot read checkpoint {source}: its pickled index is damaged. The file may "
-                "be truncated or corrupt; delete it and download it again."
-            ) from err
-        raise CheckpointError(
-            f"refusing to load {source}: it contains Python objects ({found[1]}), not only "
-            "tensors. AdaCLIP checkpoints hold a flat dict of tensors; re-export it that way "
-            "(torch.save of a state dict, or safetensors)."
-        ) from err
-    except TORCH_LOAD_ERRORS as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {source}: {_first_line(err)}. "
-            "The file may be truncated or corrupt; delete it and download it again."
-        ) from err
-
-
-def _first_line(err: Exception) -> str:
-    """The first line of an exception's message, or its repr when it has none."""
-    text = str(err)
-    return text.splitlines()[0] if text else repr(err)
-
-
-ADACLIP_KEY = re.compile(
-    re.escape(PREFIX) + r"(?:(?:visual|text)_prompter\.static_prompts\.\d+"
-    r"|(?:dynamic_visual_prompt_generator|dynamic_text_prompt_generator|patch_token_layer"
-    r"|cls_token_layer)\.head\.\d+\.(?:weight|bias))"
-)
-"""The key names of an AdaCLIP checkpoint (METHOD.md section 3); counts depend on the config."""
-
-ADACLIP_PARTS = (
-    "visual_prompter",
-    "text_prompter",
-    "dynamic_visual_prompt_generator",
-    "dynamic_text_prompt_generator",
-    "patch_token_layer",
-    "cls_token_layer",
-)
-
-
-def check_adaclip_names(state: dict[str, torch.Tensor], source: str) -> None:
-    """Checks by key names alone (shapes depend on the backbone) that ``state`` is AdaCLIP's.
-
-    Raises:
-        CheckpointError: A key has no AdaCLIP name, or a learnable part is missing.
-    """
-    _check_prefix(state, source)
-    strange = [k for k in state if not ADACLIP_KEY.fullmatch(k)]
-    parts = {k.removeprefix(PREFIX).split(".", 1)[0] for k in state}
-    missing = [part for part in ADACLIP_PARTS if part not in parts]
-    if strange or missing:
-        shown = ", ".join(strange[:5]) + (f" and {len(strange) - 5} more" if strange[5:] else "")
-        problems = ([f"keys no AdaCLIP checkpoint has: {shown}"] if strange else []) + (
-            [f"missing parts: {', '.join(PREFIX + m for m in missing)}"] if missing else []
-        )
-        raise CheckpointError(
-            f"{source} is not an AdaCLIP checkpoint: " + "; ".join(problems) + ". An AdaCLIP "
-            "checkpoint holds only the prompts and heads listed in METHOD.md section 3."
-        )
-
-
-def _check_prefix(state: dict[str, torch.Tensor], source: str) -> None:
-    """Refuses a state none of whose keys carries the reference prefix."""
-    if not any(k.startswith(PREFIX) for k in state):
-        raise CheckpointError(
-            f"{source} is not an AdaCLIP checkpoint: none of its {len(state)} keys starts with "
-            f"{PREFIX!r} (it may be a CLIP backbone; pass that with --backbone-weights)."
-        )
-
-
-def check_state(
-    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str
-) -> dict[str, torch.Tensor]:
-    """Strips the reference prefix and checks keys and shapes against the model.
-
-    Args:
-        state: The checkpoint's tensors, keys with the ``clip_model.`` prefix.
-        expected: The model's learnable tensors, keys without the prefix.
-        source: Where the checkpoint came from, for messages.
-
-    Returns:
-        The tensors under the model's key names, as float32.
-
-    Raises:
-        CheckpointError: A key is missing or unexpected, or a shape differs; all are named.
-    """
-    _check_prefix(state, source)
-    stripped = {k.removeprefix(PREFIX): v for k, v in state.items()}
-    missing = sorted(set(expected) - set(stripped))
-    unexpected = sorted(set(stripped) - set(expected))
-    misshapen = [
-        f"{PREFIX}{k} {tuple(stripped[k].shape)} (model needs {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in stripped and stripped[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append("missing keys: " + ", ".join(PREFIX + k for k in missing))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(PREFIX + k for k in unexpected))
-    if misshapen:
-        problems.append("wrong shapes: " + "; ".join(misshapen))
-    if problems:
-        hint = (
-            " The shapes do not fit the chosen backbone; use the backbone the checkpoint "
-            "was trained on (ViT-L-14-336 for the published ones)."
-            if misshapen and not missing
-            else ""
-        )
-        raise CheckpointError(
-            f"{source} does not fit this model: " + " | ".join(problems) + "." + hint
-        )
-    return {k: v.float() for k, v in stripped.items()}
-
-
-def save_checkpoint(learnable: dict[str, torch.Tensor], path: str | Path) -> Path:
-    """Writes learnable tensors in the reference format (or safetensors by suffix).
-
-    Args:
-        learnable: Tensors under the model's key names (see ``AdaCLIP.learnable_state_dict``).
-        path: Target file; ``.safetensors`` writes safetensors, anything else ``torch.save``.
-            It is replaced atomically and gets the usual file mode.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {PREFIX + k: v.detach().float().cpu().contiguous() for k, v in learnable.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        write_atomically(path, lambda p: save_file(state, str(p)))
-    else:
-        write_atomically(path, lambda p: torch.save(state, p))
-    logger.info("checkpoint with %d tensors written to %s", len(state), path)
-    return path

@@ -18,7 +18,8 @@ from scipy.ndimage import gaussian_filter
 
 from adaclip import prompts, render
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, load_backbone
-from adaclip.checkpoints import check_state, read_state, resolve_checkpoint
+from adaclip.checkpoint_io import check_state, read_state
+from adaclip.checkpoints import resolve_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.errors import AdaCLIPError
 from adaclip.images import MAX_PIXELS, ImageInput, describe, load_image, preprocess

@@ -113,7 +113,7 @@ class AdaCLIP(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
 
     def load_learnable(self, state: dict[str, torch.Tensor]) -> None:
-        """Loads learnable tensors strictly; see :func:`adaclip.checkpoints.check_state`."""
+        """Loads learnable tensors strictly; see :func:`adaclip.checkpoint_io.check_state`."""
         own = self.state_dict()
         own.update(state)
         self.load_state_dict(own, strict=True)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, load_backbone
-from adaclip.checkpoints import check_state, read_state, save_checkpoint
+from adaclip.checkpoint_io import check_state, read_state, save_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.data import Sample, TrainSet, collate_train, load_dataset
 from adaclip.detector import Detector, resolve_device

@@ -26,7 +26,7 @@ import open_clip
 import torch
 
 from adaclip.backbone import load_backbone, resize_grid
-from adaclip.checkpoints import save_checkpoint
+from adaclip.checkpoint_io import save_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.detector import Detector
 from adaclip.images import load_image, preprocess

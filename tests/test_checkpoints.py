@@ -7,14 +7,14 @@ import os
 import pytest
 import torch
 
-from adaclip.checkpoints import (
+from adaclip.checkpoint_io import (
     PREFIX,
     check_adaclip_names,
     check_state,
     read_state,
-    resolve_checkpoint,
     save_checkpoint,
 )
+from adaclip.checkpoints import resolve_checkpoint
 from adaclip.errors import CheckpointError
 
 

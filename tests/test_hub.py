@@ -17,6 +17,7 @@ from huggingface_hub.utils import _http
 
 from adaclip import cli
 from adaclip.backbone import load_backbone, register_config
+from adaclip.checkpoint_io import read_state, save_checkpoint
 from adaclip.checkpoints import (
     CHECKPOINTS,
     HubFile,
@@ -28,9 +29,7 @@ from adaclip.checkpoints import (
     fetch_checkpoint,
     file_sha256,
     parse_hub_spec,
-    read_state,
     resolve_checkpoint,
-    save_checkpoint,
 )
 from adaclip.detector import Detector
 from adaclip.errors import CheckpointError, HubError

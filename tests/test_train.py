@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from dataset_helpers import make_items, write_mvtec
 
-from adaclip.checkpoints import read_state
+from adaclip.checkpoint_io import read_state
 from adaclip.cli import main
 from adaclip.data import TrainSet, load_dataset
 from adaclip.detector import Detector
