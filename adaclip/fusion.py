@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -53,13 +55,50 @@ def _cluster_all(points: np.ndarray, n_clusters: int, seed: int, num_layers: int
     only add start-up and spin-wait costs (2-10x slower here) without changing the result;
     the images use the cores instead.
     """
-    workers = min(len(points), os.cpu_count() or 1)
-    with threadpool_limits(limits=1):
-        if workers == 1:
+    with _ONE_BLAS_THREAD:
+        if len(points) == 1 or _workers() == 1:
             return np.stack([_mean_of_centres(p, n_clusters, seed, num_layers) for p in points])
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            fits = pool.map(lambda p: _mean_of_centres(p, n_clusters, seed, num_layers), points)
-            return np.stack(list(fits))
+        fits = _pool().map(lambda p: _mean_of_centres(p, n_clusters, seed, num_layers), points)
+        return np.stack(list(fits))
+
+
+def _workers() -> int:
+    return os.cpu_count() or 1
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """One pool for the whole process, shared by concurrent batches."""
+    return ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="adaclip-kmeans")
+
+
+class _SharedThreadLimit:
+    """BLAS and OpenMP at one thread while any batch clusters, restored when the last is done.
+
+    The limit is process-wide, so callers that overlap (concurrent requests) share one: the
+    first sets it and the last restores the original, never a limited value saved by another.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.limiter: threadpool_limits | None = None
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.users == 0:
+                self.limiter = threadpool_limits(limits=1)
+            self.users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self.limiter.restore_original_limits()
+                self.limiter = None
+
+
+_ONE_BLAS_THREAD = _SharedThreadLimit()
 
 
 def _mean_of_centres(points: np.ndarray, n_clusters: int, seed: int, num_layers: int) -> np.ndarray:
