@@ -420,10 +420,10 @@ def _sibling_detector(base: Detector, checkpoint: str) -> Detector:
     """A detector for another checkpoint that shares ``base``'s frozen backbone.
 
     Only the learnable parts (about 43 MB for the published checkpoints) are loaded; the
-    backbone is never modified, so both detectors can run at the same time.
+    backbone is left as it is, so both detectors can run at the same time.
     """
     started = time.perf_counter()
-    state = checkpoint_io.read_state(checkpoints.resolve_checkpoint(checkpoint))
+    _, state = checkpoints.fetch_checkpoint(checkpoint)
     model = AdaCLIP(base.model.clip, base.config)
     model.load_learnable(checkpoint_io.check_state(state, model.learnable_state_dict(), checkpoint))
     detector = Detector(model, base.device, base.precision, base.max_pixels, checkpoint=checkpoint)

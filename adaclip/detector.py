@@ -18,8 +18,8 @@ from scipy.ndimage import gaussian_filter
 
 from adaclip import prompts, render
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, load_backbone
-from adaclip.checkpoint_io import check_state, read_state
-from adaclip.checkpoints import resolve_checkpoint
+from adaclip.checkpoint_io import check_state
+from adaclip.checkpoints import fetch_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.errors import AdaCLIPError
 from adaclip.images import MAX_PIXELS, ImageInput, describe, load_image, preprocess
@@ -138,8 +138,7 @@ class Detector:
         started = time.perf_counter()
         resolved_device = resolve_device(device)
         _check_precision(precision, resolved_device)
-        path = resolve_checkpoint(checkpoint)
-        state = read_state(path)
+        _, state = fetch_checkpoint(checkpoint)  # before the backbone: a bad file fails fast
         clip = load_backbone(backbone, backbone_weights, pretrained, image_size)
         model = AdaCLIP(clip, AdaCLIPConfig(image_size=image_size, **config))
         model.load_learnable(check_state(state, model.learnable_state_dict(), str(checkpoint)))

@@ -113,10 +113,21 @@ class AdaCLIP(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
 
     def load_learnable(self, state: dict[str, torch.Tensor]) -> None:
-        """Loads learnable tensors strictly; see :func:`adaclip.checkpoint_io.check_state`."""
-        own = self.state_dict()
-        own.update(state)
-        self.load_state_dict(own, strict=True)
+        """Loads every learnable tensor, and only those; the shared backbone is not touched.
+
+        ``state`` uses this module's names (see :func:`adaclip.checkpoint_io.check_state`,
+        which turns a checkpoint into them with clear messages).
+
+        Raises:
+            ValueError: A learnable tensor is missing or a key is not a learnable one.
+        """
+        own = self.learnable_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"learnable state mismatch: missing {missing}, unexpected {unexpected}"
+            )
+        self.load_state_dict(state, strict=False)  # size mismatches still raise
 
     def train(self, mode: bool = True) -> AdaCLIP:
         """Switches the learnable parts; the frozen backbone always stays in eval mode."""
@@ -352,6 +363,11 @@ def cast_matmuls(clip: CLIP, dtype: torch.dtype) -> None:
     """
     if dtype == torch.float32:
         return
+    current = clip.visual.transformer.resblocks[0].mlp.c_fc.weight.dtype
+    if current == dtype:
+        return  # already cast (a backbone shared by several detectors): leave it alone
+    if current != torch.float32:
+        raise ValueError(f"the backbone is already cast to {current}; load another for {dtype}.")
     # TODO(#6): the fp32 weights are read in full before this cast, so building a bf16 model
     # peaks at about 3.8 GB; caching a converted bf16 file would keep it near 2.3 GB.
     for block in [*clip.visual.transformer.resblocks, *clip.transformer.resblocks]:

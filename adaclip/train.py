@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, load_backbone
-from adaclip.checkpoint_io import check_state, read_state, save_checkpoint
+from adaclip.checkpoint_io import check_state, save_checkpoint
+from adaclip.checkpoints import fetch_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.data import Sample, TrainSet, collate_train, load_dataset
 from adaclip.detector import Detector, resolve_device
@@ -170,7 +171,7 @@ def build_model(settings: TrainSettings) -> AdaCLIP:
     torch.manual_seed(settings.seed)
     model = AdaCLIP(clip, AdaCLIPConfig(image_size=settings.image_size))
     if settings.init:
-        state = read_state(settings.init)
+        _, state = fetch_checkpoint(settings.init)
         model.load_learnable(check_state(state, model.learnable_state_dict(), settings.init))
         logger.info("learnable parts initialised from %s", settings.init)
     return model

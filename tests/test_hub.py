@@ -192,6 +192,22 @@ def test_golden_detector_from_the_hub_matches_local(
     assert (maps == expected_maps).all()
 
 
+def test_training_can_start_from_a_hub_checkpoint(
+    hub: HubServer, golden_bytes: bytes, golden_model_args: dict, golden_detector: Detector
+) -> None:
+    from adaclip.train import TrainSettings, build_model
+
+    hub.add("tester/adaclip-golden", "adaclip_checkpoint.pth", golden_bytes)
+    settings = TrainSettings(
+        train=("unused",), val="unused", output="unused", init=GOLDEN_SPEC, image_size=240,
+        backbone=golden_model_args["backbone"],
+        backbone_weights=golden_model_args["backbone_weights"],
+    )  # fmt: skip
+    model = build_model(settings)
+    for key, value in golden_detector.model.learnable_state_dict().items():
+        assert torch.equal(model.learnable_state_dict()[key], value), key
+
+
 def test_published_checkpoint_is_verified_and_listed_as_cached(
     hub: HubServer, golden_entry: PublishedCheckpoint, golden_bytes: bytes
 ) -> None:

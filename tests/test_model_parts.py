@@ -63,3 +63,37 @@ def test_render_helpers():
     assert render.colorbar(100, 10).shape == (100, 10, 3)
     with pytest.raises(ValueError, match="must match"):
         render.overlay(image, heat[:10])
+
+
+def test_loading_learnable_parts_leaves_the_shared_backbone_alone(golden_detector):
+    import torch
+
+    from adaclip.model import AdaCLIP, cast_matmuls
+
+    clip = golden_detector.model.clip
+    pointers = {k: v.data_ptr() for k, v in clip.state_dict().items()}
+    sibling = AdaCLIP(clip, golden_detector.config)
+    sibling.load_learnable(golden_detector.model.learnable_state_dict())
+    assert {k: v.data_ptr() for k, v in clip.state_dict().items()} == pointers
+    with pytest.raises(ValueError, match=r"unexpected \['clip.logit_scale'\]"):
+        sibling.load_learnable(
+            {**sibling.learnable_state_dict(), "clip.logit_scale": torch.ones(())}
+        )
+
+    cast_matmuls(sibling.clip, torch.float32)  # fp32: nothing to do
+    assert {k: v.data_ptr() for k, v in clip.state_dict().items()} == pointers
+
+
+def test_casting_a_shared_backbone_twice_changes_nothing(golden_model_args):
+    import torch
+
+    from adaclip.model import cast_matmuls
+
+    clip = load_backbone(golden_model_args["backbone"], golden_model_args["backbone_weights"],
+                         None, 240)  # fmt: skip
+    cast_matmuls(clip, torch.bfloat16)
+    pointers = {k: v.data_ptr() for k, v in clip.state_dict().items()}
+    cast_matmuls(clip, torch.bfloat16)
+    assert {k: v.data_ptr() for k, v in clip.state_dict().items()} == pointers
+    with pytest.raises(ValueError, match="already cast to torch.bfloat16"):
+        cast_matmuls(clip, torch.float16)
