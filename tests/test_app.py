@@ -166,7 +166,7 @@ def test_checkpoint_that_cannot_download_is_refused_once_and_remembered(
     demo = app.Demo(golden_detector)
     calls = []
 
-    def offline(spec):
+    def offline(spec, force=False):
         calls.append(spec)
         raise HubError(f"cannot download checkpoint {spec!r}: the Hub is unreachable.")
 
@@ -184,7 +184,7 @@ def test_choosing_an_unavailable_checkpoint_falls_back_with_a_note(golden_detect
     demo = app.Demo(golden_detector)
     calls = []
 
-    def offline(spec):
+    def offline(spec, force=False):
         calls.append(spec)
         raise HubError("the Hub is unreachable.")
 
