@@ -282,11 +282,13 @@ class AdaCLIP(nn.Module):
         clip = self.clip
         J, B, M, Dt = prompts_.shape
         encoded = [prompts.tokenize_class(name) for name in class_names]
-        tokens = torch.stack([t for t, _ in encoded]).to(prompts_.device)  # (B, S, 77)
+        tokens = torch.stack([t for t, _ in encoded])  # (B, S, 77), on the CPU
         S = tokens.shape[1]
         eot = prompts.eot_positions(tokens)  # (B, S)
         T = max(int(eot.max()) + 1, M + 1)  # exact: causal attention never looks past the EOT
-        x = clip.token_embedding(tokens[:, :, :T]).float()  # (B, S, T, Dt)
+        # Cut and moved on the CPU side, so no device round trip stalls the forward pass.
+        tokens, eot = tokens[:, :, :T].to(prompts_.device), eot.to(prompts_.device)
+        x = clip.token_embedding(tokens).float()  # (B, S, T, Dt)
         x = (x + clip.positional_embedding[:T]).reshape(B * S, T, Dt)
         for i, block in enumerate(clip.transformer.resblocks):
             if 0 < i < J:
