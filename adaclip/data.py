@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from adaclip import prompts
 from adaclip.errors import AdaCLIPError
 from adaclip.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image, preprocess
 
@@ -383,8 +384,9 @@ class EvalSet(torch.utils.data.Dataset):
     """Test samples as network inputs plus masks at the pixel-metric resolution.
 
     An item is a dict: ``index``, ``image`` ``(3, S, S)`` float32 (``None`` if a file
-    failed), ``mask`` ``(P, P)`` uint8 in {0, 1} or ``None`` when unknown, ``error`` (message
-    or ``None``) and ``file`` (the image or mask file that failed, or ``None``). Use
+    failed), ``mask`` ``(P, P)`` uint8 in {0, 1} or ``None`` when unknown, ``class_name``
+    (normalised and checked like :meth:`Detector.predict`'s), ``error`` (message or ``None``)
+    and ``file`` (the image or mask file that failed, or ``None``). Use
     :func:`collate_eval` as the loader's ``collate_fn``.
     """
 
@@ -408,6 +410,8 @@ class EvalSet(torch.utils.data.Dataset):
         P = self.pixel_size
         failed = sample.image
         try:
+            class_name = prompts.normalize_class_name(sample.class_name)
+            prompts.tokenize_class(class_name)
             picture = load_image(sample.image, self.max_pixels, str(sample.image))
             failed = sample.mask
             mask = load_mask(sample.mask, (P, P)) if sample.has_truth else None
@@ -415,7 +419,14 @@ class EvalSet(torch.utils.data.Dataset):
             error = str(err) if isinstance(err, AdaCLIPError) else f"{failed}: {err}"
             return {"index": index, "image": None, "mask": None, "error": error, "file": failed}
         image = preprocess(picture, self.image_size)
-        return {"index": index, "image": image, "mask": mask, "error": None, "file": None}
+        return {
+            "index": index,
+            "image": image,
+            "mask": mask,
+            "class_name": class_name,
+            "error": None,
+            "file": None,
+        }
 
 
 def collate_eval(items: list[dict]) -> list[dict]:

@@ -140,7 +140,7 @@ def _score_batch(
     """Runs one batch, feeds the pixel accumulators and returns the prediction rows."""
     batch = torch.stack([item["image"] for item in items])  # (B, 3, S, S)
     chosen = [samples[item["index"]] for item in items]
-    scores, raw_maps = detector.run(batch, [s.class_name for s in chosen])
+    scores, raw_maps = detector.run(batch, [item["class_name"] for item in items])
     rows = []
     for item, sample, score, raw in zip(items, chosen, scores, raw_maps):
         if item["mask"] is not None and sample.category in accumulators:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -124,6 +125,15 @@ def test_cli_reports_unreadable_images_and_bad_folders(tmp_path, golden_cli_args
     assert "1 of 4 images failed" in printed.err
     assert main(["evaluate", str(tmp_path / "missing"), *golden_cli_args]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_class_name_too_long_for_clip_fails_its_items_only(tmp_path, golden_detector):
+    root = write_mvtec(tmp_path / "bench", make_items(("widget",), normal=2, defective=2))
+    samples = load_dataset(root)
+    wordy = dataclasses.replace(samples[0], category="nut," * 45)
+    evaluation = evaluate(golden_detector, [wordy, *samples[1:]], batch_size=2)
+    assert len(evaluation.predictions) == len(samples) - 1
+    assert "is too long" in evaluation.failures[0]["error"]
 
 
 def test_bad_files_are_failures_and_the_rest_is_scored(tmp_path, golden_detector):
