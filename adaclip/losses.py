@@ -79,7 +79,7 @@ def adaclip_loss(
         The total loss (a scalar with gradient) and its parts as floats.
     """
     image = focal_loss(output.image_logits.float().softmax(dim=-1), labels.long(), gamma)
-    total, parts = image, {"image": image.item()}
+    total, named = image, {"image": image}
     if has_mask.any():
         probs = layer_probs(output.layer_logits[has_mask], masks.shape[-1])  # (B', N, 2, S, S)
         truth = masks[has_mask].float()  # (B', S, S)
@@ -89,6 +89,7 @@ def adaclip_loss(
             for n in range(probs.shape[1])
         )
         total = total + focal + dice
-        parts.update({"focal": focal.item(), "dice": dice.item()})
-    parts["total"] = total.item()
-    return total, parts
+        named.update({"focal": focal, "dice": dice})
+    named["total"] = total
+    values = torch.stack([v.detach().float() for v in named.values()]).tolist()  # one sync
+    return total, dict(zip(named, values))

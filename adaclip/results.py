@@ -88,8 +88,11 @@ class ResultFolder:
             stem = f"{index:04d}_{path.stem[:MAX_STEM_CHARS]}"
             map_path, overlay_path = Path("maps") / f"{stem}.npy", Path("overlays") / f"{stem}.png"
             anomaly_map = result.raw_map if self.raw_maps else result.anomaly_map
-            self._write(path, map_path, lambda p: np.save(p, anomaly_map))
-            self._write(path, overlay_path, lambda p: Image.fromarray(result.overlay()).save(p))
+            self._write(map_path, f"the map of {path}", lambda p: np.save(p, anomaly_map))
+            overlay = result.overlay()
+            self._write(
+                overlay_path, f"the overlay of {path}", lambda p: Image.fromarray(overlay).save(p)
+            )
             row = {
                 "image": str(path),
                 "class_name": result.class_name,
@@ -114,21 +117,18 @@ class ResultFolder:
             "complete": len(self.rows) == total,
         }
         target = self.root / "results.json"
-        self._write(target, target.relative_to(self.root), lambda p: p.write_text(_dumps(summary)))
+        text = json.dumps(summary, indent=2)
+        self._write(Path(target.name), "the results", lambda p: p.write_text(text))
         if not summary["complete"]:
             logger.warning("wrote %d of %d results to %s", len(self.rows), total, target)
         return summary
 
-    def _write(self, item: Path, relative: Path, write) -> None:
+    def _write(self, relative: Path, what: str, write) -> None:
         target = self.root / relative
         try:
             write_atomically(target, write)
         except OSError as err:
             raise AdaCLIPError(
-                f"cannot write {target} (for {item}): {err.strerror or err}; check free space "
+                f"cannot write {what} to {target}: {err.strerror or err}; check free space "
                 "and permissions, or choose another --output."
             ) from err
-
-
-def _dumps(summary: dict) -> str:
-    return json.dumps(summary, indent=2)
