@@ -105,6 +105,10 @@ class Detector:
         self.model = model.to(self.device).eval()
         self.overlap_fusion = self.device.type == "cuda"
         """Cluster chunk n on a CPU thread while the GPU encodes chunk n + 1."""
+        self.forward_batch = None if self.device.type == "cuda" else 1
+        """Images per forward pass within a batch: all on a GPU; one at a time on a CPU, which
+        batching does not speed up, so that every image gets bit for bit the numbers it gets
+        alone (batched matrix products round differently, and K-means can magnify that)."""
 
     @property
     def config(self) -> AdaCLIPConfig:
@@ -214,8 +218,9 @@ class Detector:
         handed = 0  # results[:handed] are yielded and dropped
         with _Background(self.overlap_fusion) as background:
             for chunk, ready in self._decoded(images, names, chunks, results):
-                encoded = self._encode(ready) if ready else None
-                background.submit(self._complete, ready, encoded, raw_maps, results)
+                for group in self._groups(ready):
+                    encoded = self._encode(group)
+                    background.submit(self._complete, group, encoded, raw_maps, results)
                 if progress is not None:
                     background.submit(progress, chunk.stop, total)
                 while handed < total and results[handed] is not None:
@@ -256,6 +261,11 @@ class Detector:
                 continue
             ready.append((i, source, name, picture, preprocess(picture, self.config.image_size)))
         return ready
+
+    def _groups(self, items: Sequence) -> list[Sequence]:
+        """Splits a decoded chunk into forward passes of ``forward_batch`` items."""
+        step = self.forward_batch or max(len(items), 1)
+        return [items[i : i + step] for i in range(0, len(items), step)]
 
     @torch.inference_mode()
     def _encode(self, ready: list[tuple]) -> tuple[Encoded, np.ndarray | None]:
@@ -298,9 +308,14 @@ class Detector:
             Scores ``(B,)`` and raw maps ``(B, S, S)``, float32 numpy.
         """
         started = time.perf_counter()
-        out = self.model(batch.to(self.device, torch.float32), list(class_names))
+        names, scores, maps = list(class_names), [], []
+        for part in self._groups(range(len(batch))):  # as in predict_batch
+            out = self.model(batch[part.start : part.stop].to(self.device, torch.float32),
+                             names[part.start : part.stop])  # fmt: skip
+            scores.append(out.scores.float().cpu().numpy())
+            maps.append(out.maps.float().cpu().numpy())
         logger.debug("forward of %d images in %.2f s", len(batch), time.perf_counter() - started)
-        return out.scores.float().cpu().numpy(), out.maps.float().cpu().numpy()
+        return np.concatenate(scores), np.concatenate(maps)
 
     def smooth(self, raw_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Gaussian-smooths an ``S x S`` map and resizes it to ``size`` ``(H, W)``."""
