@@ -362,6 +362,8 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
     if path is None:
         return np.zeros((H, W), dtype=np.uint8)
     try:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"mask {path} is empty (0 bytes); fix or remove it.")
         with Image.open(path) as image:
             array = np.asarray(
                 image.convert("L") if image.mode not in ("L", "I", "I;16") else image

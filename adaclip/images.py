@@ -138,7 +138,8 @@ def _open(source: str | os.PathLike | bytes, name: str) -> Image.Image:
     except Image.DecompressionBombError as err:
         raise ImageError(
             f"{name} is too large: its header claims more than {2 * Image.MAX_IMAGE_PIXELS:,} "
-            "pixels, which could be a decompression bomb; downscale it first."
+            f"pixels, far above the limit of {MAX_PIXELS:,} (it could be "
+            "a decompression bomb); downscale it first."
         ) from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageError(

@@ -253,3 +253,10 @@ def test_eval_set_names_the_file_that_failed(tmp_path, items):
     assert item["image"] is None and item["file"] == samples[index].mask
     assert "cannot be read" in item["error"]
     assert EvalSet(samples, 64, 32)[0]["file"] is None
+
+
+def test_an_empty_mask_file_says_so(tmp_path):
+    mask = tmp_path / "000_mask.png"
+    mask.write_bytes(b"")
+    with pytest.raises(DatasetError, match="000_mask.png is empty"):
+        load_mask(mask, (8, 8))
