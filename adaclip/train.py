@@ -274,9 +274,18 @@ class Trainer:
     def run(self) -> TrainResult:
         """Trains the remaining epochs, validating and checkpointing after each."""
         self.output.mkdir(parents=True, exist_ok=True)
+        history = [r for r in read_log(self.output) if r["kind"] == "epoch"]
+        if self.epoch >= self.settings.epochs:
+            logger.warning(
+                "nothing to train: %s already finished epoch %d (--epochs %d); pass a larger "
+                "--epochs to continue",
+                self.output, self.epoch, self.settings.epochs,
+            )  # fmt: skip
+            return TrainResult(
+                self.best_epoch, self.best_score, self.output / "best.pth", self.epoch, history
+            )
         config = self._config_json()
         write_atomically(self.output / "config.json", lambda p: p.write_text(config))
-        history = [r for r in read_log(self.output) if r["kind"] == "epoch"]
         for epoch in range(self.epoch + 1, self.settings.epochs + 1):
             loss = self._train_epoch(epoch)
             record = self._validate(epoch, loss)

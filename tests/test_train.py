@@ -135,12 +135,17 @@ def cli_train(settings: TrainSettings, output, *extra: str) -> int:
 
 
 def test_train_writes_a_loadable_checkpoint_and_resumes_exactly(
-    settings, benchmark, tmp_path, golden_model_args, capsys
+    settings, benchmark, tmp_path, golden_model_args, capsys, caplog
 ):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert cli_train(settings, whole, "--epochs", "2") == 0
     assert cli_train(settings, split, "--epochs", "1") == 0
     assert cli_train(settings, split, "--epochs", "2", "--resume") == 0
+    config = (split / "config.json").read_text()
+    with caplog.at_level("WARNING", logger="adaclip"):
+        assert cli_train(settings, split, "--epochs", "1", "--resume") == 0
+    assert "nothing to train" in caplog.text and "already finished epoch 2" in caplog.text
+    assert (split / "config.json").read_text() == config
 
     finished = [torch.load(d / "last.pt", weights_only=True) for d in (whole, split)]
     assert finished[0]["epoch"] == finished[1]["epoch"] == 2
