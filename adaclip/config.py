@@ -52,6 +52,14 @@ class AdaCLIPConfig:
             raise AdaCLIPError(f"prompt_depth must be at least 1; got {self.prompt_depth}.")
         if not 0.0 <= self.hsf_alpha <= 1.0:
             raise AdaCLIPError(f"hsf_alpha must lie in [0, 1]; got {self.hsf_alpha}.")
+        for name in ("hsf_clusters", "hsf_topk_factor", "num_output_layers"):
+            if getattr(self, name) < 1:
+                raise AdaCLIPError(f"{name} must be at least 1; got {getattr(self, name)}.")
+        if not (self.map_sigma >= 0.0 and self.logit_scale > 0.0):  # also refuses NaN
+            raise AdaCLIPError(
+                f"map_sigma must be at least 0 and logit_scale above 0; got {self.map_sigma} "
+                f"and {self.logit_scale}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the settings as a JSON-ready dict."""

@@ -19,6 +19,10 @@ def test_config_json_round_trip():
         AdaCLIPConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="hsf_alpha must lie in \\[0, 1\\]; got 2"):
         AdaCLIPConfig(hsf_alpha=2)
+    with pytest.raises(AdaCLIPError, match="num_output_layers must be at least 1; got 0"):
+        AdaCLIPConfig(num_output_layers=0)
+    with pytest.raises(AdaCLIPError, match="map_sigma must be at least 0"):
+        AdaCLIPConfig(map_sigma=float("nan"))
 
 
 def test_sentence_ensemble():
