@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -41,6 +41,7 @@ class Prediction:
         class_name: The class name actually used (after trimming and the default).
         source: Where the image came from (a path, or a description of the object).
         raw_map: The unsmoothed ``S x S`` map, when asked for.
+        ok: Always true; lets a batch's results be told from :class:`Failure` ones.
     """
 
     score: float
@@ -49,7 +50,7 @@ class Prediction:
     class_name: str
     source: str
     raw_map: np.ndarray | None = None
-    ok: bool = True
+    ok: bool = field(default=True, init=False)
 
     def __repr__(self) -> str:
         H, W = self.anomaly_map.shape
@@ -69,12 +70,19 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Failure:
-    """An item of a batch that could not be scored, and why."""
+    """An item of a batch that could not be scored, and why.
+
+    Attributes:
+        index: Position of the item in the batch.
+        source: Where the image came from.
+        error: What went wrong; its message says what to do.
+        ok: Always false (see :attr:`Prediction.ok`).
+    """
 
     index: int
     source: str
     error: AdaCLIPError
-    ok: bool = False
+    ok: bool = field(default=False, init=False)
 
     @property
     def message(self) -> str:
