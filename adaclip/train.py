@@ -240,6 +240,7 @@ class Trainer:
     def __init__(self, settings: TrainSettings, resume: bool = False) -> None:
         self.settings = settings
         self.output = Path(settings.output)
+        _check_output(self.output, resume)  # before minutes of loading data and weights
         self.device = resolve_device(settings.device)
         self.dtype = training_dtype(settings.precision, self.device)
         self.train_samples, groups = self._load_training_data()
@@ -254,11 +255,6 @@ class Trainer:
         self.epoch, self.step, self.best_epoch, self.best_score = 0, 0, 0, -float("inf")
         if resume:
             self._resume()
-        elif (self.output / "last.pt").exists():
-            raise AdaCLIPError(
-                f"{self.output} already holds a training run; pass --resume to continue it "
-                "or choose another --output."
-            )
         else:
             (self.output / "log.jsonl").unlink(missing_ok=True)
 
@@ -398,8 +394,6 @@ class Trainer:
     def _resume(self) -> None:
         """Restores ``last.pt`` after checking the run's settings still match."""
         path = self.output / "last.pt"
-        if not path.is_file():
-            raise AdaCLIPError(f"cannot resume: {path} does not exist; start without --resume.")
         state = torch.load(path, map_location="cpu", weights_only=True)
         check_resumable(json.loads(state["settings"]), self.settings.to_dict(), path)
         self.model.load_learnable(state["learnable"])
@@ -411,6 +405,18 @@ class Trainer:
         self.best_epoch, self.best_score = state["best_epoch"], state["best_score"]
         trim_log(self.output, self.epoch)
         logger.info("resuming %s after epoch %d (best epoch %d)", path, self.epoch, self.best_epoch)
+
+
+def _check_output(output: Path, resume: bool) -> None:
+    """Refuses to start over an earlier run, or to resume one that is not there."""
+    state = output / "last.pt"
+    if resume and not state.is_file():
+        raise AdaCLIPError(f"cannot resume: {state} does not exist; start without --resume.")
+    if not resume and state.exists():
+        raise AdaCLIPError(
+            f"{output} already holds a training run; pass --resume to continue it "
+            "or choose another --output."
+        )
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:

@@ -193,6 +193,9 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_old_folders(
     assert "pass --resume" in capsys.readouterr().err
     assert cli_train(settings, tmp_path / "new", "--epochs", "1", "--resume") == 2
     assert "does not exist" in capsys.readouterr().err
+    elsewhere = dataclasses.replace(settings, train=(str(tmp_path / "no-data"),))
+    assert cli_train(elsewhere, output, "--epochs", "2") == 2  # refused before reading data
+    assert "pass --resume" in capsys.readouterr().err
     saved = {**settings.to_dict(), "lr": 0.02, "epochs": 1}
     with pytest.raises(AdaCLIPError, match=r"cannot resume .* \(lr: 0.02 -> 0.01\)"):
         check_resumable(saved, {**settings.to_dict(), "epochs": 3}, output / "last.pt")
