@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 
+from adaclip.checkpoint_io import read_tensors
 from adaclip.checkpoints import fetch_backbone
 from adaclip.errors import AdaCLIPError, CheckpointError
 
@@ -143,30 +144,11 @@ class _DropRecords(logging.Filter):
         return not record.getMessage().startswith(self.prefix)
 
 
-def _torch_load(path: Path) -> object:
-    """``torch.load`` memory-mapped where the file format allows it (zip format)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Reads a backbone state dict (torch or safetensors) without unpickling objects."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = _torch_load(path)
-    except Exception as err:  # torch raises many types for a bad file; all mean the same here
-        raise CheckpointError(
-            f"cannot read backbone weights {path}: {err}. The file may be truncated or not a "
-            "state dict; download it again."
-        ) from err
+    """Reads a backbone state dict (torch, memory-mapped, or safetensors) without unpickling
+    objects."""
+    advice = "Pass an open_clip state dict (torch.save or safetensors) with --backbone-weights."
+    state = read_tensors(path, f"backbone weights {path}", advice, mmap=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

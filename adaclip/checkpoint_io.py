@@ -54,22 +54,8 @@ def read_state(path: str | Path, source: str | None = None) -> dict[str, torch.T
     path = Path(path)
     source = source or str(path)
     checked_suffix(path, source)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-        size = path.stat().st_size
-    except OSError as err:
-        raise CheckpointError(f"cannot read checkpoint {source}: {err}.") from err
-    kind = _file_kind(head, size)
-    if kind == "safetensors" or (kind is None and path.suffix.lower() == ".safetensors"):
-        state = _load_safetensors(path, source)
-    elif kind == "torch":
-        state = _load_torch(path, source)
-    else:
-        raise CheckpointError(
-            f"{source} is not a PyTorch or safetensors checkpoint ({_describe(head, size)}). "
-            "Pass the AdaCLIP checkpoint file itself (see `python -m adaclip checkpoints`)."
-        )
+    advice = "Pass the AdaCLIP checkpoint file itself (see `python -m adaclip checkpoints`)."
+    state = read_tensors(path, source, advice=advice)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -83,6 +69,37 @@ def read_state(path: str | Path, source: str | None = None) -> dict[str, torch.T
 TORCH_ZIP_MAGIC = b"PK\x03\x04"
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8"
 """A pickle of protocol 2 whose first object is torch's legacy magic number."""
+
+
+def read_tensors(path: Path, source: str, advice: str, mmap: bool = False) -> object:
+    """Loads a ``torch.save`` or safetensors file, told apart by its first bytes, safely.
+
+    Args:
+        path: The file.
+        source: How to name it in messages.
+        advice: What to do, added when the file is neither format.
+        mmap: Map a zip-format PyTorch file instead of reading it (large backbones).
+
+    Returns:
+        What the file holds: tensors in plain containers (no other Python objects).
+
+    Raises:
+        CheckpointError: The file is unreadable, damaged, holds objects or is another format.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        size = path.stat().st_size
+    except OSError as err:
+        raise CheckpointError(f"cannot read {source}: {err.strerror or err}.") from err
+    kind = _file_kind(head, size)
+    if kind == "safetensors" or (kind is None and path.suffix.lower() == ".safetensors"):
+        return _load_safetensors(path, source)
+    if kind == "torch":
+        return _load_torch(path, source, mmap)
+    raise CheckpointError(
+        f"{source} is not a PyTorch or safetensors checkpoint ({_describe(head, size)}). {advice}"
+    )
 
 
 def _file_kind(head: bytes, size: int) -> str | None:
@@ -139,14 +156,21 @@ TORCH_LOAD_ERRORS = (
 """What ``torch.load`` raises for a damaged file (its unpickler fails in many ways)."""
 
 
-def _load_torch(path: Path, source: str) -> dict[str, torch.Tensor]:
+def _load_torch(path: Path, source: str, mmap: bool = False) -> object:
     """Loads a ``torch.save`` file with ``weights_only=True``: tensors and plain containers only.
 
     Torch's advice to retry with ``weights_only=False`` is never passed on: that would run
     whatever code the file carries.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as err:
+        if mmap and "mmap" in str(err):  # the legacy (non-zip) format cannot be mapped
+            return _load_torch(path, source)
+        raise CheckpointError(
+            f"cannot read checkpoint {source}: {_first_line(err)}. "
+            "The file may be truncated or corrupt; delete it and download it again."
+        ) from err
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found is None:

@@ -101,3 +101,25 @@ def test_casting_a_shared_backbone_twice_changes_nothing(golden_model_args):
     assert {k: v.data_ptr() for k, v in clip.state_dict().items()} == pointers
     with pytest.raises(ValueError, match="already cast to torch.bfloat16"):
         cast_matmuls(clip, torch.float16)
+
+
+def test_backbone_weights_in_any_torch_format_or_a_clear_refusal(golden_model_args, tmp_path):
+    import torch
+
+    state = torch.load(golden_model_args["backbone_weights"], weights_only=True)
+    legacy = tmp_path / "legacy.pt"  # the pre-zip format cannot be memory-mapped
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    clip = load_backbone(golden_model_args["backbone"], legacy, None, 240)
+    assert torch.equal(clip.visual.conv1.weight, state["visual.conv1.weight"])
+
+    wrong = tmp_path / "weights.pt"
+    wrong.write_text('{"embed_dim": 64}')
+    with pytest.raises(
+        CheckpointError, match="not a PyTorch or safetensors checkpoint.*--backbone-w"
+    ):
+        load_backbone(golden_model_args["backbone"], wrong, None, 240)
+    pickled = tmp_path / "objects.pt"
+    torch.save({"weights": state, "note": AdaCLIPConfig()}, pickled)
+    with pytest.raises(CheckpointError, match="contains Python objects") as refused:
+        load_backbone(golden_model_args["backbone"], pickled, None, 240)
+    assert "weights_only" not in str(refused.value)
