@@ -50,6 +50,8 @@ EXAMPLES = [
 ]
 PUBLISHED = tuple(checkpoints.CHECKPOINTS)
 DEFAULT_THRESHOLD = 0.5
+THRESHOLD_DECIMALS = 3
+"""The threshold slider's step is ``10 ** -THRESHOLD_DECIMALS``; typed values are rounded to it."""
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_BATCH_IMAGES = 32
 GALLERY_SIDE = 512
@@ -298,19 +300,23 @@ class Demo:
     def redraw(self, prediction: Prediction | None, threshold: float | None) -> tuple:
         """The page's verdict, heat map and outlined regions at a new threshold; no model run.
 
-        The threshold comes from the slider while it is being typed or dragged, so a value
-        outside [0, 1] is clamped (the slider clamps it too when it loses focus) and an empty
-        box or a missing prediction leaves the page as it is.
+        The threshold comes from the slider while it is being typed or dragged. It is clamped
+        to [0, 1] and rounded to the slider's step (:func:`snap_threshold`), and a value that
+        changed that way is written back to the slider, so the box, the slider and the verdict
+        always show one and the same number.
 
         Returns:
-            The verdict (Markdown), the heat-map panel and the outlined image, or three
-            ``gr.skip()`` when there is nothing to redraw.
+            The verdict (Markdown), the heat-map panel, the outlined image and the slider's
+            update; ``gr.skip()`` for what has nothing to redraw (an empty box, no prediction).
         """
-        if prediction is None or not isinstance(threshold, (int, float)):
-            return gr.skip(), gr.skip(), gr.skip()
-        threshold = min(max(float(threshold), 0.0), 1.0)
-        verdict, outlined = self.apply_threshold(prediction, threshold)
-        return verdict, heatmap_panel(prediction.anomaly_map, threshold), outlined
+        if not isinstance(threshold, (int, float)) or threshold != threshold:  # empty or NaN
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        snapped = snap_threshold(threshold)
+        slider = gr.update(value=snapped) if snapped != threshold else gr.skip()
+        if prediction is None:
+            return gr.skip(), gr.skip(), gr.skip(), slider
+        verdict, outlined = self.apply_threshold(prediction, snapped)
+        return verdict, heatmap_panel(prediction.anomaly_map, snapped), outlined, slider
 
     @staticmethod
     def clear_results() -> tuple[None, None, str, None, None, str, None]:
@@ -497,9 +503,33 @@ def verdict_markdown(prediction: Prediction, threshold: float) -> str:
     default = " (the box was empty)" if prediction.class_name == prompts.DEFAULT_CLASS_NAME else ""
     return (
         f"### {head}\n"
-        f"Anomaly score **{prediction.score:.4f}** {relation} threshold {threshold:.2f}.  \n"
+        f"Anomaly score **{_score_text(prediction.score, threshold)}** {relation} threshold "
+        f"{_threshold_text(threshold)}.  \n"
         f"Class name used: `{prediction.class_name}`{default}."
     )
+
+
+def snap_threshold(threshold: float) -> float:
+    """``threshold`` clamped to [0, 1] and rounded to the slider's step."""
+    return round(min(max(float(threshold), 0.0), 1.0), THRESHOLD_DECIMALS)
+
+
+def _threshold_text(threshold: float) -> str:
+    """The threshold as the slider shows it; more digits only if an API call sent them."""
+    text = f"{threshold:.{THRESHOLD_DECIMALS}f}"
+    return text if float(text) == threshold else f"{threshold:.6g}"
+
+
+def _score_text(score: float, threshold: float) -> str:
+    """The score with 4 decimals, or up to 6 where 4 would seem to contradict the verdict.
+
+    A score of 0.958993 under a threshold of 0.959 shows as 0.958993, not 0.9590.
+    """
+    for decimals in (4, 5, 6):
+        text = f"{score:.{decimals}f}"
+        if (float(text) >= threshold) == (score >= threshold):
+            return text
+    return repr(score)
 
 
 def _check_threshold(threshold: float) -> None:
@@ -650,7 +680,7 @@ def _checkpoint_menu(demo: Demo, elem_id: str) -> gr.Dropdown:
 
 def _threshold_slider(elem_id: str) -> gr.Slider:
     return gr.Slider(
-        0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Anomaly threshold",
+        0.0, 1.0, value=DEFAULT_THRESHOLD, step=10**-THRESHOLD_DECIMALS, label="Anomaly threshold",
         info="Scores and map values at or above it count as anomalous.", elem_id=elem_id,
     )  # fmt: skip
 
@@ -674,10 +704,12 @@ def _single_image_tab(demo: Demo) -> gr.Number:
     image.upload(demo.clear_results, None, outputs, api_visibility="private", queue=False)
     image.clear(demo.clear_results, None, outputs, api_visibility="private", queue=False)
     # change: dragging, typing in the number box (with or without Enter) and the reset button
-    # all change the value; release alone misses typing.
+    # all change the value; release alone misses typing. No preprocessing: the slider's own
+    # would refuse a typed 1.5 with an error instead of letting redraw clamp it.
     threshold.change(
-        demo.redraw, [kept, threshold], [verdict, heatmap, outlined], api_visibility="private",
-        show_progress="hidden", trigger_mode="always_last",
+        demo.redraw, [kept, threshold], [verdict, heatmap, outlined, threshold],
+        api_visibility="private", show_progress="hidden", trigger_mode="always_last",
+        preprocess=False,
     )  # fmt: skip
     return score
 
@@ -688,12 +720,14 @@ def _wire_detection(demo: Demo, trigger, api_name: str | Literal[False], inputs,
     Clearing first means the last image's results never sit beside a new one; the redraw
     catches a slider moved during the run. Only the scoring step is an API endpoint.
     """
-    kept, redrawn = outputs[-1], [outputs[2], outputs[3], outputs[4]]  # verdict, heat map, outline
+    kept, threshold = outputs[-1], inputs[2]
+    redrawn = [outputs[2], outputs[3], outputs[4], threshold]  # verdict, heat map, outline
     trigger(demo.clear_results, None, outputs, api_visibility="private", queue=False).then(
         demo.detect_for_page, inputs, outputs, api_name=api_name, preprocess=False,
         scroll_to_output=True, api_visibility="public" if api_name else "private",
     ).success(
-        demo.redraw, [kept, inputs[2]], redrawn, api_visibility="private", show_progress="hidden"
+        demo.redraw, [kept, threshold], redrawn, api_visibility="private",
+        show_progress="hidden", preprocess=False,
     )  # fmt: skip
 
 

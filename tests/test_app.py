@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from app_helpers import (
 )
 
 from adaclip import cli
+from adaclip.detector import Prediction
 from adaclip.errors import HubError
 
 app = load_app()
@@ -417,13 +419,43 @@ def test_redraw_moves_verdict_heat_map_line_and_outline(demo, golden_detector, g
     high = demo.redraw(prediction, 1.0)
     clamped = demo.redraw(prediction, 7)
 
-    assert "Anomalous" in low[0] and "threshold 0.00" in low[0]
+    assert "Anomalous" in low[0] and "threshold 0.000" in low[0]
     assert not np.array_equal(low[1], high[1])  # the threshold mark on the colour scale
     assert not np.array_equal(low[2], high[2])
     assert clamped[0] == high[0] and np.array_equal(clamped[1], high[1])
+    assert clamped[3]["value"] == 1.0 and low[3] == high[3] == gr.skip()
     skip = gr.skip()
-    assert demo.redraw(None, 0.5) == (skip, skip, skip)
-    assert demo.redraw(prediction, None) == (skip, skip, skip)
+    assert demo.redraw(None, 0.5) == (skip, skip, skip, skip)
+    assert demo.redraw(prediction, None) == (skip, skip, skip, skip)
+
+
+def _prediction(score: float, side: int = 8) -> Prediction:
+    """A made-up prediction with the given score and a map rising from left to right."""
+    anomaly_map = np.tile(np.linspace(0.0, 1.0, side, dtype=np.float32), (side, 1))
+    image = np.zeros((side, side, 3), np.uint8)
+    return Prediction(score, anomaly_map, image, "cup", "made up")
+
+
+@pytest.mark.parametrize(
+    ("typed", "shown"), [(0.9589, 0.959), (0.955, 0.955), (0.959, 0.959), (1.5, 1.0), (-0.3, 0.0)]
+)
+def test_typed_threshold_box_slider_and_verdict_agree(demo, typed, shown):
+    score = 0.958993
+    verdict, _, _, slider = demo.redraw(_prediction(score), typed)
+
+    assert slider == gr.skip() if typed == shown else slider["value"] == shown
+    assert f"threshold {shown:.3f}." in verdict
+    score_shown = float(re.search(r"\*\*([0-9.]+)\*\*", verdict)[1])
+    anomalous = score >= shown
+    assert ("Anomalous" in verdict) == anomalous == (score_shown >= shown)
+    assert ("≥" if anomalous else "<") in verdict
+
+
+def test_threshold_slider_steps_by_a_thousandth(demo):
+    blocks = app.build_demo(demo)
+    sliders = [b for b in blocks.blocks.values() if isinstance(b, gr.Slider)]
+
+    assert [s.step for s in sliders] == [0.001, 0.001]
 
 
 def test_a_run_clears_old_results_first_and_the_api_stays_the_same(demo):

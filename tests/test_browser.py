@@ -151,8 +151,20 @@ def test_typing_a_threshold_and_enter_redraws_without_a_model_run(page, server_u
     assert page.inner_text("#timing") == timing  # the same run, not a new one
     page.locator("#threshold input[type=range]").focus()
     page.keyboard.press("Home")  # the slider itself, from the keyboard: to 0
-    page.wait_for_function("() => document.querySelector('#verdict').innerText.includes('0.00')")
+    page.wait_for_function("() => document.querySelector('#verdict').innerText.includes('0.000')")
     assert "Anomalous" in page.inner_text("#verdict")
+
+    for typed, shown in (("1.5", "1.000"), ("-0.3", "0.000"), ("0.9589", "0.959")):
+        box.fill(typed)
+        box.press("Enter")  # out of range or finer than the step: snapped, box and slider too
+        page.wait_for_function(
+            f"() => document.querySelector('#verdict').innerText.includes('threshold {shown}')"
+        )
+        page.wait_for_function(
+            f"() => Number(document.querySelector('#threshold input[type=number]').value) === "
+            f"{float(shown)} && Number(document.querySelector('#threshold input[type=range]')"
+            f".value) === {float(shown)}"
+        )
 
 
 def test_an_unavailable_checkpoint_leaves_a_note_and_the_working_one(page, server_url):
