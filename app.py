@@ -90,7 +90,7 @@ def handler(fn):
         except gr.Error:
             raise
         except AdaCLIPError as err:
-            logged = getattr(err, "logged", False)
+            logged = isinstance(err, UnavailableCheckpointError)
             raise refuse(_strip_temp_paths(str(err)), log=not logged) from err
         except Exception as err:
             logger.exception("%s failed unexpectedly", fn.__name__)
@@ -101,6 +101,10 @@ def handler(fn):
             ) from err
 
     return wrapper
+
+
+class UnavailableCheckpointError(CheckpointError):
+    """A checkpoint failed to load just now; the failure is logged already."""
 
 
 def upload_source(payload: dict | None) -> str | bytes | None:
@@ -146,11 +150,13 @@ class Demo:
     def __init__(
         self, detector: Detector, choices: Sequence[str] | None = None, batch_size: int = 8
     ) -> None:
-        self.default_checkpoint = detector.checkpoint or "start-up"
-        self.choices = list(dict.fromkeys(choices or [self.default_checkpoint, *PUBLISHED]))
+        start = detector.checkpoint or "start-up"
+        self._specs = _display_names([start, *(choices or PUBLISHED)])  # display name -> spec
+        self.choices = list(self._specs)
+        self.default_checkpoint = self.choices[0]
         self.batch_size = batch_size
         self._detectors = {self.default_checkpoint: detector}
-        self._failures: dict[str, str] = {}  # spec -> why it is off until a restart
+        self._failures: dict[str, str] = {}  # display name -> why it is off until a restart
         self._lock = threading.Lock()
         self._downloads = tempfile.TemporaryDirectory(prefix="adaclip-app-")
 
@@ -161,35 +167,73 @@ class Demo:
         without a cached copy and without network, every attempt would wait out the Hub's
         retries (most of a minute) only to fail the same way.
 
+        Args:
+            checkpoint: One of :attr:`choices` (display names, which hide the server's
+                folders); the spec behind one is accepted too.
+
         Raises:
             CheckpointError: The checkpoint is not offered, or cannot be fetched or loaded
                 (now or before).
         """
-        spec = checkpoint or self.default_checkpoint
-        if spec not in self.choices:
-            raise CheckpointError(
-                f"checkpoint {spec!r} is not offered here; choose one of {self.choices}."
-            )
-        if spec not in self._detectors:
+        name = self._display_name(checkpoint)
+        if name not in self._detectors:
             with self._lock:
-                if spec in self._failures:
-                    raise CheckpointError(self._failures[spec])
-                if spec not in self._detectors:
-                    self._detectors[spec] = self._load(spec)
-        return self._detectors[spec]
+                if name in self._failures:
+                    raise CheckpointError(self._failures[name])
+                if name not in self._detectors:
+                    self._detectors[name] = self._load(name)
+        return self._detectors[name]
 
-    def _load(self, spec: str) -> Detector:
-        """Loads ``spec`` beside the start-up detector; a failure is remembered."""
+    def _display_name(self, checkpoint: str | None) -> str:
+        """The menu's name for ``checkpoint``: a display name, a spec behind one, or ``None``."""
+        if checkpoint is None or checkpoint in self._specs:
+            return checkpoint or self.default_checkpoint
+        for name, spec in self._specs.items():
+            if spec == checkpoint:
+                return name
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r} is not offered here; choose one of "
+            f"{', '.join(self.choices)}."
+        )
+
+    def _load(self, name: str) -> Detector:
+        """Loads checkpoint ``name`` beside the start-up detector; a failure is remembered."""
+        spec = self._specs[name]
         try:
-            return _sibling_detector(self._detectors[self.default_checkpoint], spec)
+            detector = _sibling_detector(self._detectors[self.default_checkpoint], spec)
         except AdaCLIPError as err:
-            self._failures[spec] = unavailable_message(spec, err)
+            self._failures[name] = self._unavailable_message(name, err)
             logger.warning(
                 "checkpoint %s is off until the app restarts: %s", spec, " ".join(str(err).split())
             )
-            refused = CheckpointError(self._failures[spec])
-            refused.logged = True  # the line above says it all
-            raise refused from err
+            raise UnavailableCheckpointError(self._failures[name]) from err
+        return detector
+
+    def _unavailable_message(self, name: str, err: AdaCLIPError) -> str:
+        """A short note on why checkpoint ``name`` cannot be used and what to do about it."""
+        if isinstance(err, HubError):
+            reason = "it is not in the local cache and the Hugging Face Hub could not be reached"
+        else:
+            reason = _first_sentence(self.hide(err))
+        if self._specs[name] in PUBLISHED:
+            fix = (
+                "fetch it where the Hub is reachable (`python -m adaclip download --checkpoint "
+                f"{name}`), then restart the app"
+            )
+        else:
+            fix = "fix or replace the file, then restart the app"
+        return (
+            f"Checkpoint `{name}` could not be loaded: {reason}. To use it, {fix}; "
+            "restarting retries it (until then it is not tried again)."
+        )
+
+    def hide(self, error: Exception | str) -> str:
+        """``error``'s message with checkpoint files and temporary uploads named by file only."""
+        message = str(error)
+        for name, spec in self._specs.items():
+            if spec not in PUBLISHED:
+                message = message.replace(spec, name)
+        return _strip_temp_paths(message)
 
     @handler
     def choose_checkpoint(
@@ -199,27 +243,34 @@ class Demo:
 
         Args:
             checkpoint: The spec just chosen.
-            in_use: The spec this page used until now (``None``: the start-up one).
+            in_use: The checkpoint this page used until now (``None``: the start-up one).
 
         Returns:
             The menu's update (back to ``in_use`` on failure, the failed choice marked), a
-            Markdown note that stays on the page, and the spec now in use.
+            Markdown note that stays on the page, and the checkpoint now in use.
         """
         in_use = in_use or self.default_checkpoint
         try:
             self.detector(checkpoint)
         except CheckpointError as err:
-            note = f"⚠️ {_strip_temp_paths(str(err))} Still using `{_label(in_use)}`."
+            note = f"⚠️ {self.hide(err)} Still using `{in_use}`."
             return gr.update(value=in_use, choices=self.menu_items()), note, in_use
-        spec = checkpoint or self.default_checkpoint
-        return gr.update(value=spec), f"Using checkpoint `{_label(spec)}`.", spec
+        name = self._display_name(checkpoint)
+        return gr.update(value=name), f"Using checkpoint `{name}`.", name
 
     def menu_items(self) -> list[tuple[str, str]]:
-        """The checkpoint menu's (label, spec) pairs; ones that failed say so."""
+        """The checkpoint menu's (label, value) pairs; ones that failed say so."""
         return [
-            (_choice_label(c) + (" (unavailable)" if c in self._failures else ""), c)
-            for c in self.choices
+            (self._menu_label(name) + (" (unavailable)" if name in self._failures else ""), name)
+            for name in self.choices
         ]
+
+    def _menu_label(self, name: str) -> str:
+        """What a published checkpoint was trained on; "(local file)" after a file's name."""
+        entry = checkpoints.CHECKPOINTS.get(self._specs[name])
+        if entry is not None:
+            return f"{name} (trained on {entry.trained_on})"
+        return f"{name} (local file)"
 
     @handler
     def detect(
@@ -271,7 +322,7 @@ class Demo:
         verdict, outlined = self.apply_threshold(prediction, threshold)
         timing = (
             f"Scored in {seconds:.2f} s on {detector.device}, {detector.precision}, with "
-            f"checkpoint `{_label(detector.checkpoint)}` at {detector.config.image_size} px."
+            f"checkpoint `{self._display_name(checkpoint)}` at {detector.config.image_size} px."
         )
         heatmap = heatmap_panel(prediction.anomaly_map, threshold)
         return (
@@ -384,9 +435,8 @@ class Demo:
         started = time.perf_counter()
         try:
             prediction = detector.predict(image, class_name)
-        except AdaCLIPError as err:
-            err.logged = True  # the detector logged it as a WARNING line already
-            raise
+        except AdaCLIPError as err:  # the detector logged it as a WARNING line already
+            raise refuse(_strip_temp_paths(str(err)), log=False) from err
         return prediction, time.perf_counter() - started, detector
 
     def _write_csv(self, rows: list[list]) -> str:
@@ -435,25 +485,6 @@ def _sibling_detector(base: Detector, checkpoint: str) -> Detector:
     detector = Detector(model, base.device, base.precision, base.max_pixels, checkpoint=checkpoint)
     logger.info("checkpoint %s ready in %.1f s", checkpoint, time.perf_counter() - started)
     return detector
-
-
-def unavailable_message(spec: str, err: AdaCLIPError) -> str:
-    """A short note on why checkpoint ``spec`` cannot be used and what to do about it."""
-    if isinstance(err, HubError):
-        reason = "it is not in the local cache and the Hugging Face Hub could not be reached"
-    else:
-        reason = _first_sentence(_strip_temp_paths(str(err)))
-    if spec in PUBLISHED:
-        fix = (
-            "fetch it where the Hub is reachable (`python -m adaclip download --checkpoint "
-            f"{spec}`), then restart the app"
-        )
-    else:
-        fix = "fix or replace the file, then restart the app"
-    return (
-        f"Checkpoint `{_label(spec)}` could not be loaded: {reason}. To use it, {fix}; "
-        "restarting retries it (until then it is not tried again)."
-    )
 
 
 def _first_sentence(message: str, limit: int = 200) -> str:
@@ -572,13 +603,21 @@ def _downsize(image: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def _choice_label(checkpoint: str) -> str:
-    """How the checkpoint menu shows a spec: what a published one was trained on, else the file."""
-    entry = getattr(checkpoints, "CHECKPOINTS", {}).get(checkpoint)
-    trained_on = getattr(entry, "trained_on", None)
-    if checkpoint in PUBLISHED:
-        return f"{checkpoint} (trained on {trained_on})" if trained_on else checkpoint
-    return f"{_label(checkpoint)} (local file)"
+def _display_names(specs: Sequence[str]) -> dict[str, str]:
+    """Checkpoint specs by the names the page and the API show, which hide server folders.
+
+    Published names stay as they are; files go by their file name, with " (2)", " (3)"...
+    after a name that two files share.
+    """
+    names: dict[str, str] = {}
+    for spec in dict.fromkeys(specs):
+        name = unique = _label(spec)
+        for n in range(2, len(specs) + 2):
+            if unique not in names:
+                break
+            unique = f"{name} ({n})"
+        names[unique] = spec
+    return names
 
 
 def _label(checkpoint: str | None) -> str:

@@ -212,9 +212,9 @@ def test_choosing_a_loadable_checkpoint_switches_to_it(
     shutil.copy(golden_model_args["checkpoint"], copy)
     demo = app.Demo(golden_detector, choices=[golden_model_args["checkpoint"], str(copy)])
 
-    menu, note, in_use = demo.choose_checkpoint(str(copy), None)
+    menu, note, in_use = demo.choose_checkpoint("copy.pth", None)
 
-    assert menu["value"] == in_use == str(copy) and "`copy.pth`" in note
+    assert menu["value"] == in_use == "copy.pth" and "`copy.pth`" in note
 
 
 def test_other_checkpoint_loads_once_on_the_shared_backbone(
@@ -225,8 +225,8 @@ def test_other_checkpoint_loads_once_on_the_shared_backbone(
     demo = app.Demo(golden_detector, choices=[golden_model_args["checkpoint"], str(copy)])
     image = str(golden_images[0])
 
-    score = demo.detect(image, "bottle", checkpoint=str(copy))[1]
-    other = demo.detector(str(copy))
+    score = demo.detect(image, "bottle", checkpoint="copy.pth")[1]
+    other = demo.detector("copy.pth")
 
     assert score == demo.detect(image, "bottle")[1]
     assert demo.detector(str(copy)) is other and other is not golden_detector
@@ -236,8 +236,58 @@ def test_other_checkpoint_loads_once_on_the_shared_backbone(
 def test_start_checkpoint_is_listed_first_with_the_published_ones(golden_detector):
     demo = app.Demo(golden_detector)
 
-    assert demo.choices[0] == golden_detector.checkpoint
+    assert demo.choices[0] == Path(golden_detector.checkpoint).name
     assert {"all", "mvtec-colondb", "visa-clinicdb"} <= set(demo.choices)
+
+
+def test_api_and_menus_name_checkpoints_without_server_folders(demo, golden_dir):
+    blocks = app.build_demo(demo)
+    api = str(blocks.get_api_info()) + str(blocks.get_config_file())
+
+    assert str(golden_dir) not in api and "adaclip_checkpoint.pth" in api
+    assert demo.menu_items()[0] == ("adaclip_checkpoint.pth (local file)", "adaclip_checkpoint.pth")
+
+
+def test_unknown_checkpoint_error_lists_the_names_offered(demo, golden_images, golden_dir):
+    with pytest.raises(gr.Error) as caught:
+        demo.detect(str(golden_images[0]), "bottle", checkpoint="nope.pth")
+
+    message = caught.value.message
+    assert "'nope.pth' is not offered" in message and str(golden_dir) not in message
+    assert "choose one of adaclip_checkpoint.pth, all, mvtec-colondb, visa-clinicdb" in message
+
+
+def test_a_broken_local_checkpoint_is_named_by_its_file_only(
+    golden_detector, golden_images, tmp_path
+):
+    broken = tmp_path / "secret" / "broken.pth"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a checkpoint")
+    demo = app.Demo(golden_detector, choices=[str(broken)])
+
+    with pytest.raises(gr.Error) as caught:
+        demo.detect(str(golden_images[0]), "bottle", checkpoint="broken.pth")
+    note = demo.choose_checkpoint("broken.pth", None)[1]
+
+    assert "`broken.pth` could not be loaded" in caught.value.message
+    assert str(tmp_path) not in caught.value.message and str(tmp_path) not in note
+
+
+def test_files_sharing_a_name_get_numbered_menu_names(golden_detector, golden_model_args, tmp_path):
+    copies = [tmp_path / d / "adaclip_checkpoint.pth" for d in ("a", "b")]
+    for copy in copies:
+        copy.parent.mkdir()
+        shutil.copy(golden_model_args["checkpoint"], copy)
+
+    demo = app.Demo(golden_detector, choices=[str(c) for c in copies])
+
+    assert demo.choices == [
+        "adaclip_checkpoint.pth",
+        "adaclip_checkpoint.pth (2)",
+        "adaclip_checkpoint.pth (3)",
+    ]
+    other = demo.detector("adaclip_checkpoint.pth (3)")
+    assert other is not golden_detector and other.checkpoint == str(copies[1])
 
 
 def test_detect_many_scores_good_files_and_reports_bad_ones(

@@ -141,3 +141,12 @@ def test_a_bad_upload_logs_one_warning_line_and_no_traceback(client, server_log,
     new = server_log.read_text()[len(before) :].splitlines()
     assert [line.split(" ")[0] for line in new if "truncated.png" in line] == ["WARNING"]
     assert not any("Traceback" in line for line in new)
+
+
+def test_the_api_description_names_no_server_folder(client, golden_dir, golden_images):
+    api = str(client.view_api(print_info=False, return_format="dict"))
+
+    assert str(golden_dir) not in api and "adaclip_checkpoint.pth" in api
+    with pytest.raises(Exception, match="choose one of adaclip_checkpoint.pth, all") as caught:
+        client.predict(handle_file(str(golden_images[0])), "x", 0.5, "x.pth", api_name="/detect")
+    assert str(golden_dir) not in str(caught.value)
