@@ -397,27 +397,65 @@ class Demo:
             verdict, error]`` in upload order, and the path of the same table as CSV.
             Files that fail get their error in the table; the others are still scored.
         """
+        return self.detect_many_for_page(files, class_name, threshold, checkpoint, progress)[:3]
+
+    @handler
+    def detect_many_for_page(
+        self,
+        files: Sequence[str] | None,
+        class_name: str | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        checkpoint: str | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for progress)
+    ) -> tuple[list[tuple[np.ndarray, str]], list[list], str, list[list]]:
+        """Like :meth:`detect_many`, and also returns the table without verdicts.
+
+        The page keeps that in the session, so that moving the threshold re-draws the
+        verdicts and the CSV (:meth:`redraw_many`) without a model run; API clients do not
+        receive it.
+        """
         _check_batch(files)
         _check_threshold(threshold)
         detector = self.detector(checkpoint)
         sizes = [_file_size(f) for f in files]
         todo = [f for f, size in zip(files, sizes) if size <= MAX_UPLOAD_BYTES]
         progress((0, len(todo)), desc="scoring", unit="images")
-        results = detector.predict_batch(
+        results = detector.iter_predict(
             todo,
             class_name,
             batch_size=self.batch_size,
             progress=lambda done, total: progress((done, total), desc="scoring", unit="images"),
         )
-        scored = iter(results)
-        gallery, rows = [], []
+        gallery, scores = [], []
         for path, size in zip(files, sizes):
-            result = next(scored) if size <= MAX_UPLOAD_BYTES else None
-            rows.append(_table_row(Path(path), size, result, threshold))
-            if isinstance(result, Prediction):
-                caption = f"{Path(path).name}: {result.score:.3f}"
+            result = next(results) if size <= MAX_UPLOAD_BYTES else None
+            scores.append(_score_row(Path(path), size, result))
+            if isinstance(result, Prediction):  # thumbnail now; the prediction is dropped
+                caption = f"{scores[-1][0]}: {result.score:.3f}"
                 gallery.append((_downsize(result.overlay(), GALLERY_SIDE), caption))
-        return gallery, rows, self._write_csv(rows)
+        rows = _with_verdicts(scores, threshold)
+        return gallery, rows, self._write_csv(rows), scores
+
+    @handler
+    def redraw_many(self, scores: list[list] | None, threshold: float | None) -> tuple:
+        """The many-images table and CSV at a new threshold; no model run.
+
+        Args:
+            scores: The rows of the last run without verdicts (see :meth:`detect_many_for_page`).
+            threshold: The slider's value, clamped and rounded as in :meth:`redraw`.
+
+        Returns:
+            The table rows, the CSV path and the slider's update; ``gr.skip()`` for what has
+            nothing to redraw.
+        """
+        if not isinstance(threshold, (int, float)) or threshold != threshold:  # empty or NaN
+            return gr.skip(), gr.skip(), gr.skip()
+        snapped = snap_threshold(threshold)
+        slider = gr.update(value=snapped) if snapped != threshold else gr.skip()
+        if not scores:
+            return gr.skip(), gr.skip(), slider
+        rows = _with_verdicts(scores, snapped)
+        return rows, self._write_csv(rows), slider
 
     def _predict(
         self, image, class_name, threshold, checkpoint
@@ -453,16 +491,27 @@ class Demo:
 TABLE_HEADERS = ["file", "class name", "score", "verdict", "error"]
 
 
-def _table_row(
-    path: Path, size: int, result: Prediction | Failure | None, threshold: float
+def _score_row(
+    path: Path, size: int, result: Prediction | Failure | None
 ) -> list[str | float | None]:
-    """One row of the many-images table; ``result`` is ``None`` for a file over the size limit."""
+    """``[file, class name, score, error]`` for one file of many; the verdict comes later.
+
+    ``result`` is ``None`` for a file over the size limit.
+    """
     if result is None:
-        return [path.name, "", None, "", _too_large_message(path.name, size)]
+        return [path.name, "", None, _too_large_message(path.name, size)]
     if isinstance(result, Failure):
-        return [path.name, "", None, "", _short_error(result.message, str(path), path.name)]
-    verdict = "anomalous" if result.score >= threshold else "normal"
-    return [path.name, result.class_name, round(result.score, 6), verdict, ""]
+        return [path.name, "", None, _short_error(result.message, str(path), path.name)]
+    return [path.name, result.class_name, round(result.score, 6), ""]
+
+
+def _with_verdicts(scores: list[list], threshold: float) -> list[list[str | float | None]]:
+    """The many-images table: each score row with its verdict at ``threshold``."""
+    rows = []
+    for file, class_name, score, error in scores:
+        verdict = "" if score is None else "anomalous" if score >= threshold else "normal"
+        rows.append([file, class_name, score, verdict, error])
+    return rows
 
 
 def _check_batch(files: Sequence[str] | None) -> None:
@@ -819,8 +868,7 @@ def _result_image(label: str, elem_id: str) -> gr.Image:
 
 def _many_images_tab(demo: Demo) -> None:
     """A file drop for many images; a gallery, a sortable table and a CSV download back."""
-    # TODO(#4): the table's verdicts follow the threshold of the run; moving the slider after
-    # a run does not redraw them (the single-image tab does).
+    scores = gr.State(time_to_live=3600)  # the last run's table without verdicts
     with gr.Row():
         with gr.Column(scale=2):
             files = gr.File(
@@ -842,8 +890,16 @@ def _many_images_tab(demo: Demo) -> None:
             )  # fmt: skip
             download = gr.File(label="Scores as CSV")
     run.click(
-        demo.detect_many, [files, class_name, threshold, checkpoint], [gallery, table, download],
-        api_name="detect_many", scroll_to_output=True,
+        demo.detect_many_for_page, [files, class_name, threshold, checkpoint],
+        [gallery, table, download, scores], api_name="detect_many", scroll_to_output=True,
+    ).success(
+        demo.redraw_many, [scores, threshold], [table, download, threshold],
+        api_visibility="private", show_progress="hidden", preprocess=False,
+    )  # fmt: skip
+    threshold.change(
+        demo.redraw_many, [scores, threshold], [table, download, threshold],
+        api_visibility="private", show_progress="hidden", trigger_mode="always_last",
+        preprocess=False,
     )  # fmt: skip
 
 

@@ -129,6 +129,16 @@ def test_many_images_tab_fills_the_table(page, server_url, golden_detector):
     for name, score in expected.items():
         assert abs(float(cells[cells.index(name) + 2]) - score) < 1e-5  # file, class, score
 
+    box = page.locator("#batch-threshold input[type=number]")
+    for typed, verdict in (("0", "anomalous"), ("1.5", "normal")):  # no model run: at once
+        box.fill(typed)
+        box.press("Enter")
+        page.wait_for_function(
+            "() => document.querySelector('#batch-table').innerText.split(/\\s+/)"
+            f".filter((w) => w === '{verdict}').length === 2"
+        )
+    assert box.input_value() == "1"
+
 
 def test_typing_a_threshold_and_enter_redraws_without_a_model_run(page, server_url):
     page.goto(server_url)
