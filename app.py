@@ -265,6 +265,10 @@ class Demo:
             for name in self.choices
         ]
 
+    def refresh_menus(self) -> tuple[dict, dict]:
+        """Updates for the page's two checkpoint menus: the current labels, values kept."""
+        return gr.update(choices=self.menu_items()), gr.update(choices=self.menu_items())
+
     def _menu_label(self, name: str) -> str:
         """What a published checkpoint was trained on; "(local file)" after a file's name."""
         entry = checkpoints.CHECKPOINTS.get(self._specs[name])
@@ -737,19 +741,28 @@ def build_demo(demo: Demo) -> gr.Blocks:
             "and get an anomaly score and a heat map of where it looks defective."
         )
         with gr.Tab("One image"):
-            score = _single_image_tab(demo)
+            score, one_menu = _single_image_tab(demo)
         with gr.Tab("Many images"):
-            _many_images_tab(demo)
+            many_menu = _many_images_tab(demo)
         with gr.Accordion("About, licences and citation", open=False, elem_id="about"):
             gr.Markdown(ABOUT)
+        # Both menus mark the checkpoints that failed, also those that failed on other pages.
+        menus = [one_menu[0], many_menu[0]]
+        for _, chosen in (one_menu, many_menu):
+            chosen.then(demo.refresh_menus, None, menus, api_visibility="private", queue=False)
+        blocks.load(demo.refresh_menus, None, menus, api_visibility="private", queue=False)
         # Gradio's number box shows a missing value as 0 when the page loads; a score of 0
         # before any run would be a made-up result, so empty it in the browser.
         blocks.load(None, None, score, js="() => null", api_visibility="private", queue=False)
     return blocks
 
 
-def _checkpoint_menu(demo: Demo, elem_id: str) -> gr.Dropdown:
-    """The checkpoint menu with a note below it; a choice is loaded (or refused) at once."""
+def _checkpoint_menu(demo: Demo, elem_id: str) -> tuple[gr.Dropdown, gr.events.Dependency]:
+    """The checkpoint menu with a note below it; a choice is loaded (or refused) at once.
+
+    Returns:
+        The menu and the event of a choice, for the caller to chain the menus' refresh on.
+    """
     checkpoint = gr.Dropdown(
         choices=demo.menu_items(),
         value=demo.default_checkpoint,
@@ -759,11 +772,11 @@ def _checkpoint_menu(demo: Demo, elem_id: str) -> gr.Dropdown:
     )
     note = gr.Markdown(elem_id=f"{elem_id}-note")
     in_use = gr.State(demo.default_checkpoint)
-    checkpoint.input(
+    chosen = checkpoint.input(
         demo.choose_checkpoint, [checkpoint, in_use], [checkpoint, note, in_use],
         api_visibility="private", show_progress_on=note,
     )  # fmt: skip
-    return checkpoint
+    return checkpoint, chosen
 
 
 def _threshold_slider(elem_id: str) -> gr.Slider:
@@ -773,12 +786,17 @@ def _threshold_slider(elem_id: str) -> gr.Slider:
     )  # fmt: skip
 
 
-def _single_image_tab(demo: Demo) -> gr.Number:
-    """Inputs and examples on the left, the results on the right; returns the score box."""
+def _single_image_tab(demo: Demo) -> tuple[gr.Number, tuple]:
+    """Inputs and examples on the left, the results on the right.
+
+    Returns:
+        The score box, and the checkpoint menu with its choice event.
+    """
     kept = gr.State(time_to_live=3600)  # the last prediction, for re-thresholding
     with gr.Row():
         with gr.Column(scale=2):
-            image, class_name, checkpoint, threshold, run = _single_image_inputs(demo)
+            image, class_name, menu, threshold, run = _single_image_inputs(demo)
+            checkpoint = menu[0]
             examples = _examples(image, class_name)
         with gr.Column(scale=3):
             overlay, score, verdict, heatmap, outlined, timing = _single_image_results()
@@ -799,7 +817,7 @@ def _single_image_tab(demo: Demo) -> gr.Number:
         api_visibility="private", show_progress="hidden", trigger_mode="always_last",
         preprocess=False,
     )  # fmt: skip
-    return score
+    return score, menu
 
 
 def _wire_detection(demo: Demo, trigger, api_name: str | Literal[False], inputs, outputs) -> None:
@@ -829,10 +847,10 @@ def _single_image_inputs(demo: Demo) -> tuple[gr.Component, ...]:
         label="Class name (optional)", info=CLASS_NAME_INFO, placeholder="object",
         max_lines=1, elem_id="class-name",
     )  # fmt: skip
-    checkpoint = _checkpoint_menu(demo, "checkpoint")
+    menu = _checkpoint_menu(demo, "checkpoint")
     threshold = _threshold_slider("threshold")
     run = gr.Button("Detect anomalies", variant="primary", elem_id="run")
-    return image, class_name, checkpoint, threshold, run
+    return image, class_name, menu, threshold, run
 
 
 def _examples(image: gr.Image, class_name: gr.Textbox) -> gr.Examples | None:
@@ -866,8 +884,12 @@ def _result_image(label: str, elem_id: str) -> gr.Image:
     return gr.Image(label=label, elem_id=elem_id, interactive=False, format=IMAGE_FORMAT)
 
 
-def _many_images_tab(demo: Demo) -> None:
-    """A file drop for many images; a gallery, a sortable table and a CSV download back."""
+def _many_images_tab(demo: Demo) -> tuple[gr.Dropdown, gr.events.Dependency]:
+    """A file drop for many images; a gallery, a sortable table and a CSV download back.
+
+    Returns:
+        The checkpoint menu with its choice event.
+    """
     scores = gr.State(time_to_live=3600)  # the last run's table without verdicts
     with gr.Row():
         with gr.Column(scale=2):
@@ -878,7 +900,8 @@ def _many_images_tab(demo: Demo) -> None:
             class_name = gr.Textbox(
                 label="Class name for all (optional)", info=CLASS_NAME_INFO, max_lines=1
             )
-            checkpoint = _checkpoint_menu(demo, "batch-checkpoint")
+            menu = _checkpoint_menu(demo, "batch-checkpoint")
+            checkpoint = menu[0]
             threshold = _threshold_slider("batch-threshold")
             run = gr.Button("Score all", variant="primary", elem_id="run-batch")
         with gr.Column(scale=3):
@@ -901,6 +924,7 @@ def _many_images_tab(demo: Demo) -> None:
         api_visibility="private", show_progress="hidden", trigger_mode="always_last",
         preprocess=False,
     )  # fmt: skip
+    return menu
 
 
 def _env_flag(value: str | None) -> bool:

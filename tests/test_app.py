@@ -205,6 +205,28 @@ def test_choosing_an_unavailable_checkpoint_falls_back_with_a_note(golden_detect
     assert dict((v, k) for k, v in menu["choices"])["visa-clinicdb"].endswith("(unavailable)")
 
 
+def test_both_menus_mark_failed_checkpoints_on_load_and_after_a_choice(
+    golden_detector, monkeypatch
+):
+    demo = app.Demo(golden_detector)
+    monkeypatch.setattr(app.checkpoints, "resolve_checkpoint", _offline)
+    demo.choose_checkpoint("all", None)
+    listeners = _listeners(app.build_demo(demo))
+
+    refreshes = [i for i in listeners if i["name"] == "refresh_menus"]
+
+    assert sorted(str(i["after"]) for i in refreshes) == ["None", *["choose_checkpoint"] * 2]
+    for item in refreshes:
+        assert [o.elem_id for o in item["f"].outputs] == ["checkpoint", "batch-checkpoint"]
+    for update in demo.refresh_menus():
+        unavailable = [value for label, value in update["choices"] if "(unavailable)" in label]
+        assert unavailable == ["all"]
+
+
+def _offline(spec, force=False):
+    raise HubError("the Hub is unreachable.")
+
+
 def test_choosing_a_loadable_checkpoint_switches_to_it(
     golden_detector, golden_model_args, tmp_path
 ):

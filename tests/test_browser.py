@@ -192,6 +192,16 @@ def test_an_unavailable_checkpoint_leaves_a_note_and_the_working_one(page, serve
 
     note = page.inner_text("#checkpoint-note")
     assert "visa-clinicdb" in note and "could not be loaded" in note and "Still using" in note
+    page.get_by_role("tab", name="Many images").click()
+    page.locator("#batch-checkpoint input").click()  # the other tab's menu knows too
+    expect(page.get_by_role("option", name="(unavailable)")).to_have_count(1)
+    page.keyboard.press("Escape")
+
+    page.reload()  # and so does a page opened later
+    menu.click()
+    expect(page.get_by_role("option", name="(unavailable)")).to_have_count(1)
+    page.keyboard.press("Escape")
+    page.get_by_role("tab", name="One image").click()
     page.get_by_text("gravel", exact=True).click()
     _wait_for_result(page)  # still serving with the working checkpoint
 
