@@ -56,6 +56,8 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_BATCH_IMAGES = 32
 GALLERY_SIDE = 512
 HEATMAP_HEIGHT = 512
+SCALE_TOP = 72
+"""Blank rows above the colour scale of the heat-map panel, under the page's image buttons."""
 
 DetectOutputs = tuple[np.ndarray, float, str, np.ndarray, np.ndarray, str]
 
@@ -563,16 +565,20 @@ def heatmap_panel(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
         render.colorize(anomaly_map), (width, HEATMAP_HEIGHT), interpolation=cv2.INTER_NEAREST
     )
     margin, bar_width, label_width = 16, 32, 80
+    top = SCALE_TOP  # the page's download button sits there, not on "1.00"
     scale = np.full((HEATMAP_HEIGHT, margin + bar_width + label_width, 3), 255, np.uint8)
-    scale[:, margin : margin + bar_width] = render.colorbar(HEATMAP_HEIGHT, bar_width)
+    scale[top:, margin : margin + bar_width] = render.colorbar(HEATMAP_HEIGHT - top, bar_width)
+
+    def row(value: float) -> int:
+        return top + round((1.0 - value) * (HEATMAP_HEIGHT - 1 - top))
+
     for value in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = round((1.0 - value) * (HEATMAP_HEIGHT - 1))
-        text_y = int(np.clip(y + 9, 20, HEATMAP_HEIGHT - 4))
+        text_y = int(np.clip(row(value) + 9, top + 20, HEATMAP_HEIGHT - 4))
         cv2.putText(
             scale, f"{value:.2f}", (margin + bar_width + 4, text_y),
             cv2.FONT_HERSHEY_SIMPLEX, 0.75, (0, 0, 0), 2, cv2.LINE_AA,
         )  # fmt: skip
-    y = round((1.0 - threshold) * (HEATMAP_HEIGHT - 1))
+    y = row(threshold)
     cv2.line(scale, (margin - 6, y), (margin + bar_width + 2, y), (255, 255, 255), 3)
     cv2.line(scale, (margin - 6, y), (margin + bar_width + 2, y), (0, 0, 0), 1)
     return np.concatenate([heat, scale], axis=1)  # (H', W' + scale width, 3)
@@ -881,7 +887,11 @@ def _single_image_results() -> tuple[gr.Component, ...]:
 
 
 def _result_image(label: str, elem_id: str) -> gr.Image:
-    return gr.Image(label=label, elem_id=elem_id, interactive=False, format=IMAGE_FORMAT)
+    """A result image with a download and a full-screen button (no share: nowhere to share)."""
+    return gr.Image(
+        label=label, elem_id=elem_id, interactive=False, format=IMAGE_FORMAT,
+        buttons=["download", "fullscreen"],
+    )  # fmt: skip
 
 
 def _many_images_tab(demo: Demo) -> tuple[gr.Dropdown, gr.events.Dependency]:

@@ -394,7 +394,7 @@ def test_heatmap_panel_has_a_scale_from_hot_to_cold():
 
     assert panel.shape == (app.HEATMAP_HEIGHT, 2 * app.HEATMAP_HEIGHT + 128, 3)
     bar_x = 2 * app.HEATMAP_HEIGHT + 16 + 16
-    top, bottom = panel[5, bar_x], panel[-5, bar_x]
+    top, bottom = panel[app.SCALE_TOP + 5, bar_x], panel[-5, bar_x]
     assert top[0] > 100 and top[2] < 50  # red at 1
     assert bottom[2] > 100 and bottom[0] < 50  # blue at 0
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_helpers import REPO, running_app
+from app_helpers import REPO, load_app, running_app
 from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -99,7 +99,18 @@ def test_drop_an_image_type_a_class_and_see_the_result(page, server_url, golden_
     assert ("Anomalous" if expected >= 0.5 else "Normal") in page.inner_text("#verdict")
     assert f"`{CLASS_NAME}`" not in page.inner_text("#verdict")  # rendered as code, not raw
     assert CLASS_NAME in page.inner_text("#verdict")
+    _assert_buttons_leave_the_colour_scale_free(page)
     _save_screenshot(page)
+
+
+def _assert_buttons_leave_the_colour_scale_free(page) -> None:
+    """The heat-map panel's buttons end above the top of its colour scale (the "1.00")."""
+    image = page.locator("#heatmap img").bounding_box()
+    height = page.evaluate("() => document.querySelector('#heatmap img').naturalHeight")
+    scale_top = image["y"] + min(image["height"] / height, 1.0) * load_app().SCALE_TOP
+    buttons = [b.bounding_box() for b in page.locator("#heatmap button").all()]
+    buttons = [b for b in buttons if b["height"] < image["height"] / 2]  # not the image itself
+    assert buttons and max(b["y"] + b["height"] for b in buttons) < scale_top
 
 
 def test_an_example_is_one_click_away(page, server_url, golden_detector):
