@@ -55,6 +55,8 @@ THRESHOLD_DECIMALS = 3
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_BATCH_IMAGES = 32
 GALLERY_SIDE = 512
+MIN_SHOWN_SIDE = 256  # smaller results are shown enlarged, pixel by pixel
+MAX_ENLARGED_SIDE = 2048
 HEATMAP_HEIGHT = 512
 SCALE_TOP = 72
 """Blank rows above the colour scale of the heat-map panel, under the page's image buttons."""
@@ -332,7 +334,7 @@ class Demo:
         )
         heatmap = heatmap_panel(prediction.anomaly_map, threshold)
         return (
-            prediction.overlay(),
+            render.overlay(*enlarge_small(prediction.image, prediction.anomaly_map)),
             prediction.score,
             verdict,
             heatmap,
@@ -349,8 +351,9 @@ class Demo:
         if prediction is None:
             return "", None
         _check_threshold(threshold)
+        image, anomaly_map = enlarge_small(prediction.image, prediction.anomaly_map)
         return verdict_markdown(prediction, threshold), render.outline(
-            prediction.image, prediction.anomaly_map, threshold
+            image, anomaly_map, threshold
         )
 
     @handler
@@ -650,6 +653,29 @@ def _strip_temp_paths(message: str) -> str:
 
 def _short_error(message: str, path: str, name: str) -> str:
     return _strip_temp_paths(message.replace(str(path), name))
+
+
+def enlarge_small(image: np.ndarray, anomaly_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its map enlarged for the page when their shorter side is under 256 px.
+
+    Each pixel becomes a square block (nearest neighbour), so a 3 x 2 picture shows as
+    pixels and not as a thin line; the values are unchanged. The longer side stays at most
+    :data:`MAX_ENLARGED_SIDE`.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        anomaly_map: ``(H, W)`` float32 in [0, 1].
+
+    Returns:
+        Both as given when large enough, else ``(f * H, f * W, 3)`` and ``(f * H, f * W)``.
+    """
+    H, W = anomaly_map.shape
+    factor = min(-(-MIN_SHOWN_SIDE // min(H, W)), max(1, MAX_ENLARGED_SIDE // max(H, W)))
+    if factor <= 1:
+        return image, anomaly_map
+    # (H, W, ...) -> (f * H, f * W, ...): each pixel repeated f times down and across
+    big_image = image.repeat(factor, axis=0).repeat(factor, axis=1)
+    return big_image, anomaly_map.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def _downsize(image: np.ndarray, side: int) -> np.ndarray:

@@ -136,7 +136,14 @@ def test_odd_but_valid_images_work(demo, golden_detector, tmp_path, kind):
     overlay, score, _, heatmap, outlined, _ = demo.detect(str(image), "")
 
     assert score == expected.score
-    assert overlay.shape == outlined.shape == expected.image.shape
+    H, W = expected.anomaly_map.shape
+    factor = overlay.shape[0] // H  # small images are shown enlarged, pixel by pixel
+    assert overlay.shape == outlined.shape == (factor * H, factor * W, 3)
+    assert min(overlay.shape[:2]) >= app.MIN_SHOWN_SIDE
+    np.testing.assert_array_equal(overlay[::factor, ::factor], expected.overlay())
+    np.testing.assert_array_equal(
+        overlay[factor - 1 :: factor, factor - 1 :: factor], expected.overlay()
+    )
     assert heatmap.shape[0] == app.HEATMAP_HEIGHT
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_helpers import REPO, load_app, running_app
+from app_helpers import REPO, load_app, running_app, write_odd_images
 from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -111,6 +111,22 @@ def _assert_buttons_leave_the_colour_scale_free(page) -> None:
     buttons = [b.bounding_box() for b in page.locator("#heatmap button").all()]
     buttons = [b for b in buttons if b["height"] < image["height"] / 2]  # not the image itself
     assert buttons and max(b["y"] + b["height"] for b in buttons) < scale_top
+
+
+def test_a_tiny_image_is_shown_large_enough_to_see(page, server_url, tmp_path):
+    tiny = write_odd_images(tmp_path)["tiny"]  # 3 x 2 pixels
+    page.goto(server_url)
+    page.wait_for_selector("#input-image")
+
+    data = base64.b64encode(tiny.read_bytes()).decode()
+    page.evaluate(DROP_FILE, ["#input-image [aria-label] , #input-image button", tiny.name, data])
+    page.wait_for_selector("#input-image img")
+    page.click("#run")
+    _wait_for_result(page)
+    page.wait_for_selector("#outlined img")
+
+    for panel in ("overlay", "outlined"):
+        assert page.locator(f"#{panel} img").bounding_box()["height"] > 100, panel
 
 
 def test_an_example_is_one_click_away(page, server_url, golden_detector):
