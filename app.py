@@ -760,6 +760,15 @@ CSS = """
 .gradio-container { overflow-x: hidden; }
 """
 
+SCROLL_TO_RESULTS = """() => {
+    const results = document.querySelector("#overlay");
+    const box = results?.getBoundingClientRect();
+    if (box && (box.top > 0.6 * window.innerHeight || box.bottom < 0)) {
+        results.scrollIntoView({ behavior: "smooth", block: "start" });
+    }
+}"""
+"""Brings the results into view when a run starts and they are off screen (a phone's page)."""
+
 IMAGE_FORMAT = "png"
 """How result images reach the browser: lossless, so thin outlines and colours stay exact."""
 
@@ -860,6 +869,7 @@ def _wire_detection(demo: Demo, trigger, api_name: str | Literal[False], inputs,
     """
     kept, threshold = outputs[-1], inputs[2]
     redrawn = [outputs[2], outputs[3], outputs[4], threshold]  # verdict, heat map, outline
+    trigger(None, js=SCROLL_TO_RESULTS, api_visibility="private", queue=False)
     trigger(demo.clear_results, None, outputs, api_visibility="private", queue=False).then(
         demo.detect_for_page, inputs, outputs, api_name=api_name, preprocess=False,
         scroll_to_output=True, api_visibility="public" if api_name else "private",

@@ -240,6 +240,10 @@ def test_a_phone_sized_page_has_no_sideways_scrolling(page, server_url):
     _wait_for_result(page)
     page.wait_for_selector("#overlay img")
 
+    page.wait_for_function(  # the results, far below the inputs, were scrolled into view
+        "() => { const box = document.querySelector('#overlay').getBoundingClientRect();"
+        " return box.top >= -1 && box.top < window.innerHeight / 2; }"
+    )
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     overlay, heatmap = (page.locator(f"#{i}").bounding_box() for i in ("overlay", "heatmap"))
     assert heatmap["y"] >= overlay["y"] + overlay["height"] - 1  # stacked, not side by side
