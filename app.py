@@ -402,8 +402,9 @@ class Demo:
             progress: Gradio's progress tracker.
 
         Returns:
-            Gallery items (downsized overlay, caption), table rows ``[file, class, score,
-            verdict, error]`` in upload order, and the path of the same table as CSV.
+            Gallery items (downsized overlay, caption ``#N name: score``), table rows
+            ``["#N name", class, score, verdict, error]`` in upload order (N from 1), and the
+            path of the same table as CSV.
             Files that fail get their error in the table; the others are still scored.
         """
         return self.detect_many_for_page(files, class_name, threshold, checkpoint, progress)[:3]
@@ -436,9 +437,9 @@ class Demo:
             progress=lambda done, total: progress((done, total), desc="scoring", unit="images"),
         )
         gallery, scores = [], []
-        for path, size in zip(files, sizes):
+        for number, (path, size) in enumerate(zip(files, sizes), start=1):
             result = next(results) if size <= MAX_UPLOAD_BYTES else None
-            scores.append(_score_row(Path(path), size, result))
+            scores.append(_score_row(number, Path(path), size, result))
             if isinstance(result, Prediction):  # thumbnail now; the prediction is dropped
                 caption = f"{scores[-1][0]}: {result.score:.3f}"
                 gallery.append((_downsize(result.overlay(), GALLERY_SIDE), caption))
@@ -501,17 +502,19 @@ TABLE_HEADERS = ["file", "class name", "score", "verdict", "error"]
 
 
 def _score_row(
-    path: Path, size: int, result: Prediction | Failure | None
+    number: int, path: Path, size: int, result: Prediction | Failure | None
 ) -> list[str | float | None]:
-    """``[file, class name, score, error]`` for one file of many; the verdict comes later.
+    """``[file, class name, score, error]`` for file ``number`` of many; no verdict yet.
 
-    ``result`` is ``None`` for a file over the size limit.
+    The file is named ``#number name`` (as in its gallery caption): files of the same name
+    from different folders stay apart. ``result`` is ``None`` for a file over the size limit.
     """
+    file = f"#{number} {path.name}"
     if result is None:
-        return [path.name, "", None, _too_large_message(path.name, size)]
+        return [file, "", None, _too_large_message(path.name, size)]
     if isinstance(result, Failure):
-        return [path.name, "", None, _short_error(result.message, str(path), path.name)]
-    return [path.name, result.class_name, round(result.score, 6), ""]
+        return [file, "", None, _short_error(result.message, str(path), path.name)]
+    return [file, result.class_name, round(result.score, 6), ""]
 
 
 def _with_verdicts(scores: list[list], threshold: float) -> list[list[str | float | None]]:

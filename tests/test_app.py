@@ -328,7 +328,7 @@ def test_detect_many_scores_good_files_and_reports_bad_ones(
     gallery, rows, csv_path = demo.detect_many(files, "bottle", threshold=0.5)
 
     expected = [golden_detector.predict(files[i], "bottle").score for i in (0, 2)]
-    assert [r[0] for r in rows] == [Path(f).name for f in files]
+    assert [r[0] for r in rows] == [f"#{i} {Path(f).name}" for i, f in enumerate(files, 1)]
     assert [rows[0][2], rows[2][2]] == pytest.approx(expected, abs=1e-6)
     assert rows[1][2] is None and "not an image" in rows[1][4]
     assert str(tmp_path) not in rows[1][4]
@@ -363,6 +363,20 @@ def test_the_many_images_threshold_redraws_without_the_model(demo):
 
     assert on_slider == ["redraw_many"]
     assert "TODO(#4)" not in Path(app.__file__).read_text()
+
+
+def test_files_of_the_same_name_are_numbered_alike_everywhere(demo, golden_images, tmp_path):
+    files = []
+    for folder, image in (("a", golden_images[0]), ("b", golden_images[2])):
+        (tmp_path / folder).mkdir()
+        files.append(str(shutil.copy(image, tmp_path / folder / "part.png")))
+
+    gallery, rows, csv_path = demo.detect_many(files, "bottle")
+
+    assert [r[0] for r in rows] == ["#1 part.png", "#2 part.png"]
+    assert [c.split(":")[0] for _, c in gallery] == ["#1 part.png", "#2 part.png"]
+    with open(csv_path, newline="") as handle:
+        assert [r[0] for r in list(csv.reader(handle))[1:]] == ["#1 part.png", "#2 part.png"]
 
 
 def test_detect_many_reports_files_over_the_upload_limit(demo, golden_images, monkeypatch):

@@ -153,8 +153,9 @@ def test_many_images_tab_fills_the_table(page, server_url, golden_detector):
     page.wait_for_selector("#batch-table :text('brick_crack.png')")
 
     cells = page.inner_text("#batch-table").split()
+    assert cells[cells.index("gravel_hole.png") - 1] == "#1"
     for name, score in expected.items():
-        assert abs(float(cells[cells.index(name) + 2]) - score) < 1e-5  # file, class, score
+        assert abs(float(cells[cells.index(name) + 2]) - score) < 1e-5  # #N, file, class, score
 
     box = page.locator("#batch-threshold input[type=number]")
     for typed, verdict in (("0", "anomalous"), ("1.5", "normal")):  # no model run: at once
