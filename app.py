@@ -31,7 +31,7 @@ import gradio as gr
 import numpy as np
 
 from adaclip import checkpoint_io, checkpoints, prompts, render
-from adaclip.cli import add_model_options, configure_logging, detector_from_args
+from adaclip.cli import add_model_options, configure_logging, detector_from_args, positive_int
 from adaclip.detector import Detector, Failure, Prediction
 from adaclip.errors import AdaCLIPError, CheckpointError, HubError
 from adaclip.images import ImageInput
@@ -980,26 +980,15 @@ def _env_flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _bounded_int(text: str, what: str, low: int, high: int | None = None) -> int:
-    """``text`` as a whole number in [low, high]; an argparse error saying what is allowed."""
-    allowed = f"{what} from {low} to {high}" if high else f"{what} of at least {low}"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {allowed}; got {text!r}") from None
-    if value < low or (high is not None and value > high):
-        raise argparse.ArgumentTypeError(f"must be {allowed}; got {value}")
-    return value
-
-
 def port_number(text: str) -> int:
     """An argparse type for a TCP port: a whole number from 1 to 65535."""
-    return _bounded_int(text, "a port number", 1, 65535)
-
-
-def concurrency_count(text: str) -> int:
-    """An argparse type for how many requests run at once: a whole number of at least 1."""
-    return _bounded_int(text, "a whole number", 1)
+    try:
+        port = positive_int(text)
+    except argparse.ArgumentTypeError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535; got {text!r}")
+    return port
 
 
 def _env_value(
@@ -1016,13 +1005,6 @@ def _env_value(
         return kind(value)
     except argparse.ArgumentTypeError as err:
         parser.error(f"{name} {err}.")
-
-
-def _whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
 
 
 def _prog() -> str:
@@ -1060,20 +1042,20 @@ def build_parser(
     )
     group.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     group.add_argument(
-        "--concurrency", type=concurrency_count, help="requests run at the same time (default: 2)"
+        "--concurrency", type=positive_int, help="requests run at the same time (default: 2)"
     )
     group.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.set_defaults(
         checkpoint=env.get("ADACLIP_CHECKPOINT", "all"),
         backbone=env.get("ADACLIP_BACKBONE", parser.get_default("backbone")),
         backbone_weights=env.get("ADACLIP_BACKBONE_WEIGHTS") or None,
-        image_size=_env_value(parser, env, "ADACLIP_IMAGE_SIZE", _whole_number, 518),
+        image_size=_env_value(parser, env, "ADACLIP_IMAGE_SIZE", positive_int, 518),
         device=env.get("ADACLIP_DEVICE", "auto"),
         precision=env.get("ADACLIP_PRECISION", "fp32"),
         host=env.get("ADACLIP_HOST", "0.0.0.0" if on_space else "127.0.0.1"),
         port=_env_value(parser, env, "ADACLIP_PORT", port_number, 7860 if on_space else None),
         share=_env_flag(env.get("ADACLIP_SHARE")),
-        concurrency=_env_value(parser, env, "ADACLIP_CONCURRENCY", concurrency_count, 2),
+        concurrency=_env_value(parser, env, "ADACLIP_CONCURRENCY", positive_int, 2),
     )
     return parser
 

@@ -478,11 +478,15 @@ def test_options_come_from_flags_then_environment_then_defaults():
 
 
 def test_environment_number_that_is_not_one_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        app.build_parser({"ADACLIP_IMAGE_SIZE": "big"})
+    for value, message in (
+        ("big", "expected a whole number, got 'big'"),
+        ("0", "must be at least 1, got 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            app.build_parser({"ADACLIP_IMAGE_SIZE": value})
 
-    assert exit_info.value.code == 2
-    assert "ADACLIP_IMAGE_SIZE must be a whole number; got 'big'" in capsys.readouterr().err
+        assert exit_info.value.code == 2
+        assert f"ADACLIP_IMAGE_SIZE {message}" in capsys.readouterr().err
 
 
 def test_cli_serve_runs_app_py_with_its_options(tmp_path, capsys):
@@ -664,10 +668,11 @@ def test_unexpected_errors_log_a_traceback_and_say_so(golden_detector, golden_im
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--port", "0"], "--port: must be a port number from 1 to 65535; got 0"),
-        (["--port", "70000"], "--port: must be a port number from 1 to 65535; got 70000"),
+        (["--port", "0"], "--port: must be a port number from 1 to 65535; got '0'"),
+        (["--port", "70000"], "--port: must be a port number from 1 to 65535; got '70000'"),
         (["--port", "web"], "--port: must be a port number from 1 to 65535; got 'web'"),
-        (["--concurrency", "0"], "--concurrency: must be a whole number of at least 1; got 0"),
+        (["--concurrency", "0"], "--concurrency: must be at least 1, got 0"),
+        (["--image-size", "0"], "--image-size: must be at least 1, got 0"),
     ],
 )
 def test_bad_server_flags_are_usage_errors(capsys, flags, message):
@@ -683,7 +688,7 @@ def test_bad_server_environment_is_a_usage_error(capsys):
 
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert "ADACLIP_PORT must be a port number from 1 to 65535; got 99999" in err
+    assert "ADACLIP_PORT must be a port number from 1 to 65535; got '99999'" in err
 
 
 def test_usage_names_the_program_it_was_started_as(monkeypatch):
