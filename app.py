@@ -16,6 +16,7 @@ import csv
 import functools
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +59,8 @@ MAX_BATCH_IMAGES = 32
 GALLERY_SIDE = 512
 MIN_SHOWN_SIDE = 256  # smaller results are shown enlarged, pixel by pixel
 MAX_ENLARGED_SIDE = 2048
+KEPT_SIDE = 1024  # a page keeps its result at most this large for threshold changes
+KEPT_CSV_FILES = 16
 HEATMAP_HEIGHT = 512
 SCALE_TOP = 72
 """Blank rows above the colour scale of the heat-map panel, under the page's image buttons."""
@@ -318,11 +322,15 @@ class Demo:
         """Scores one image for the page and the ``/detect`` endpoint (see :meth:`detect`).
 
         Takes Gradio's raw image data (see :func:`upload_source`) and also returns the
-        :class:`Prediction`, which the page keeps in the session so that moving the
+        :class:`Prediction` with its image and map shrunk to at most :data:`KEPT_SIDE` px
+        (:func:`kept_for_redraw`), which the page keeps in the session so that moving the
         threshold re-draws the verdict and the regions without a model run; API clients do
         not receive it.
         """
-        return self._outputs(upload_source(image), class_name, threshold, checkpoint)
+        *outputs, prediction = self._outputs(
+            upload_source(image), class_name, threshold, checkpoint
+        )
+        return *outputs, kept_for_redraw(prediction)
 
     def _outputs(self, image, class_name, threshold, checkpoint):
         """Runs :meth:`_predict` and renders every output, the prediction last."""
@@ -488,13 +496,21 @@ class Demo:
         return prediction, time.perf_counter() - started, detector
 
     def _write_csv(self, rows: list[list]) -> str:
-        """Writes the results table to a fresh CSV file and returns its path."""
-        path = Path(self._downloads.name) / uuid.uuid4().hex / "adaclip-scores.csv"
+        """Writes the results table to a fresh CSV file and returns its path.
+
+        Only the :data:`KEPT_CSV_FILES` newest files are kept: Gradio copies each into its own
+        cache as it answers, so older ones are no longer needed.
+        """
+        downloads = Path(self._downloads.name)
+        path = downloads / uuid.uuid4().hex / "adaclip-scores.csv"
         path.parent.mkdir()
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(TABLE_HEADERS)
             writer.writerows(rows)
+        folders = sorted(downloads.iterdir(), key=lambda f: f.stat().st_mtime_ns, reverse=True)
+        for old in folders[KEPT_CSV_FILES:]:
+            shutil.rmtree(old, ignore_errors=True)  # another request may be removing it too
         return str(path)
 
 
@@ -656,6 +672,22 @@ def _strip_temp_paths(message: str) -> str:
 
 def _short_error(message: str, path: str, name: str) -> str:
     return _strip_temp_paths(message.replace(str(path), name))
+
+
+def kept_for_redraw(prediction: Prediction) -> Prediction:
+    """``prediction`` with its image and map shrunk to at most :data:`KEPT_SIDE` px a side.
+
+    What a page keeps between a run and a threshold change: a 64 MP image would otherwise
+    hold about 450 MB per session. The score and the class name stay as they are.
+    """
+    H, W = prediction.anomaly_map.shape
+    factor = KEPT_SIDE / max(H, W)
+    if factor >= 1.0:
+        return replace(prediction, raw_map=None)
+    size = (max(1, round(W * factor)), max(1, round(H * factor)))
+    image = cv2.resize(prediction.image, size, interpolation=cv2.INTER_AREA)
+    anomaly_map = cv2.resize(prediction.anomaly_map, size, interpolation=cv2.INTER_AREA)
+    return replace(prediction, image=image, anomaly_map=anomaly_map, raw_map=None)
 
 
 def enlarge_small(image: np.ndarray, anomaly_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

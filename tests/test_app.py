@@ -24,6 +24,7 @@ from app_helpers import (
     write_bomb,
     write_odd_images,
 )
+from PIL import Image
 
 from adaclip import cli
 from adaclip.detector import Prediction
@@ -440,6 +441,26 @@ def test_page_handler_takes_gradio_image_data(demo, golden_images):
     *outputs, prediction = demo.detect_for_page({"path": path}, "bottle")
 
     assert outputs[1] == prediction.score == demo.detect(path, "bottle")[1]
+
+
+def test_the_page_keeps_a_large_result_at_a_bounded_size(demo, golden_detector, tmp_path):
+    big = tmp_path / "big.png"
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (1500, 2400, 3), dtype=np.uint8)).save(big)
+
+    *outputs, kept = demo.detect_for_page({"path": str(big)}, "cup", threshold=0.3)
+
+    assert kept.anomaly_map.shape == (640, 1024) and kept.image.shape == (640, 1024, 3)
+    assert kept.score == outputs[1] and kept.class_name == "cup"
+    assert demo.redraw(kept, 0.3)[0] == outputs[2]
+
+
+def test_only_the_newest_csv_files_are_kept(demo, golden_images, monkeypatch):
+    monkeypatch.setattr(app, "KEPT_CSV_FILES", 2)
+
+    paths = [demo.detect_many([str(golden_images[0])], "bottle")[2] for _ in range(4)]
+
+    assert [Path(p).is_file() for p in paths] == [False, False, True, True]
 
 
 def test_page_exposes_detect_with_image_and_class_name_first(demo):
