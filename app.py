@@ -802,7 +802,7 @@ SCROLL_TO_RESULTS = """() => {
         results.scrollIntoView({ behavior: "smooth", block: "start" });
     }
 }"""
-"""Brings the results into view when a run starts and they are off screen (a phone's page)."""
+"""Brings the results into view when a run starts or ends and they are off screen (phones)."""
 
 IMAGE_FORMAT = "png"
 """How result images reach the browser: lossless, so thin outlines and colours stay exact."""
@@ -911,7 +911,7 @@ def _wire_detection(demo: Demo, trigger, api_name: str | Literal[False], inputs,
     ).success(
         demo.redraw, [kept, threshold], redrawn, api_visibility="private",
         show_progress="hidden", preprocess=False,
-    )  # fmt: skip
+    ).then(None, js=SCROLL_TO_RESULTS, api_visibility="private", queue=False)  # fmt: skip
 
 
 def _single_image_inputs(demo: Demo) -> tuple[gr.Component, ...]:
