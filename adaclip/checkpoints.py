@@ -287,9 +287,7 @@ def hub_download(file: HubFile, force: bool = False) -> Path:
 
 def _explained(reason: str, advice: str, kind: type[CheckpointError] = HubError) -> CheckpointError:
     """An error of ``kind`` whose ``reason`` (what happened) can be listed without its advice."""
-    error = kind(f"{reason}. {advice}")
-    error.reason = reason
-    return error
+    return kind(f"{reason}. {advice}", reason=reason)
 
 
 def explain_hub_failure(err: Exception, file: HubFile, offline: bool) -> tuple[str, str]:
@@ -521,7 +519,7 @@ def fetch_published(entry: PublishedCheckpoint, force: bool = False) -> Path:
 
 def _reason(err: CheckpointError) -> str:
     """What went wrong, without the advice that the final message gives once."""
-    return getattr(err, "reason", str(err).rstrip("."))
+    return err.reason
 
 
 def _verified_cached(entry: PublishedCheckpoint) -> Path | None:

@@ -5,7 +5,14 @@ class AdaCLIPError(ValueError):
     """A problem a user can fix: bad input, unknown checkpoint, unreachable Hub.
 
     Front ends show ``str(error)`` as it is and keep running.
+
+    Attributes:
+        reason: What happened, without the advice (for lists of several failures).
     """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message.rstrip(".")
 
 
 class ImageError(AdaCLIPError):
