@@ -125,8 +125,13 @@ def test_a_tiny_image_is_shown_large_enough_to_see(page, server_url, tmp_path):
     _wait_for_result(page)
     page.wait_for_selector("#outlined img")
 
-    for panel in ("overlay", "outlined"):
-        assert page.locator(f"#{panel} img").bounding_box()["height"] > 100, panel
+    for panel in ("overlay", "outlined"):  # laid out once the enlarged PNG has loaded
+        page.wait_for_function(
+            "id => { const img = document.querySelector(`#${id} img`);"
+            " return img && img.complete && img.getBoundingClientRect().height > 100; }",
+            arg=panel,
+            timeout=15_000,
+        )
 
 
 def test_an_example_is_one_click_away(page, server_url, golden_detector):
