@@ -510,16 +510,11 @@ def fetch_published(entry: PublishedCheckpoint, force: bool = False) -> Path:
             verify_sha256(path, entry.sha256, file)
         except CheckpointError as err:
             if file != entry.sources[-1]:
-                logger.warning("%s; trying %s next", _reason(err), entry.sources[-1])
+                logger.warning("%s; trying %s next", err.reason, entry.sources[-1])
             problems.append(err)
             continue
         return path
     raise _unavailable(entry, problems)
-
-
-def _reason(err: CheckpointError) -> str:
-    """What went wrong, without the advice that the final message gives once."""
-    return err.reason
 
 
 def _verified_cached(entry: PublishedCheckpoint) -> Path | None:
@@ -531,7 +526,7 @@ def _verified_cached(entry: PublishedCheckpoint) -> Path | None:
         try:
             verify_sha256(path, entry.sha256, file)
         except CheckpointError as err:
-            logger.warning("cached copy refused: %s", _reason(err))
+            logger.warning("cached copy refused: %s", err.reason)
             continue
         return path
     return None
@@ -539,7 +534,7 @@ def _verified_cached(entry: PublishedCheckpoint) -> Path | None:
 
 def _unavailable(entry: PublishedCheckpoint, problems: list[CheckpointError]) -> CheckpointError:
     """The error for a published checkpoint that no source delivered intact."""
-    details = "\n".join(f"  - {_reason(err)}" for err in problems)
+    details = "\n".join(f"  - {err.reason}" for err in problems)
     urls = " or ".join(file.url(hub_endpoint()) for file in entry.sources)
     message = (
         f"could not get the published checkpoint {entry.name!r} from the Space or the mirror:\n"
