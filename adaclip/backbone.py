@@ -1,27 +1,27 @@
-"""The frozen open_clip backbone: built by name or from a local JSON config, grid resized."""
+"""The frozen CLIP backbone: built by name or from a local JSON config, grid resized."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
 
-from adaclip.checkpoint_io import read_tensors
+from adaclip.checkpoint_io import read_tensors, release_mapped_pages
 from adaclip.checkpoints import fetch_backbone
+from adaclip.clip import CLIP, CLIPConfig, model_config
 from adaclip.errors import AdaCLIPError, CheckpointError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "ViT-L-14-336"
 DEFAULT_PRETRAINED = "openai"
+
+_REGISTERED: dict[str, CLIPConfig] = {}
+"""Local JSON configs registered by :func:`register_config`, by the name they are known by."""
 
 
 def is_config_file(backbone: str) -> bool:
@@ -30,26 +30,24 @@ def is_config_file(backbone: str) -> bool:
 
 
 def register_config(path: str | Path) -> str:
-    """Registers a local open_clip JSON config and returns the model name it is known by.
+    """Registers a local open_clip JSON config and returns the model name it is known by
+    (the file's stem), so that it can be named like a built-in model.
 
     Raises:
-        CheckpointError: The file is missing or is not an open_clip model config.
+        CheckpointError: The file is missing or is not a plain ViT CLIP config.
     """
     path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(
-            f"cannot read backbone config {path}: {err}. Give an open_clip model name "
-            f"such as {DEFAULT_BACKBONE!r} or the path of an open_clip JSON config."
-        ) from err
-    if not isinstance(config, dict) or not {"vision_cfg", "text_cfg", "embed_dim"} <= set(config):
-        raise CheckpointError(
-            f"{path} is not an open_clip model config: it needs the keys "
-            "'embed_dim', 'vision_cfg' and 'text_cfg'."
-        )
-    open_clip.add_model_config(path)
+    _REGISTERED[path.stem] = model_config(str(path))
     return path.stem
+
+
+def backbone_config(backbone: str) -> CLIPConfig:
+    """The config of a model name, a registered name or a JSON config path.
+
+    Raises:
+        CheckpointError: Unknown name, unreadable file or an unsupported architecture.
+    """
+    return _REGISTERED.get(backbone) or model_config(backbone)
 
 
 def load_backbone(
@@ -62,37 +60,28 @@ def load_backbone(
 
     Args:
         backbone: An open_clip model name or the path of a local open_clip JSON config.
-        weights: A local state dict (open_clip or OpenAI layout) to load instead of
-            downloading ``pretrained``.
-        pretrained: The open_clip pretrained tag, used for a model name without ``weights``.
+        weights: A local state dict (open_clip layout) to load instead of downloading
+            ``pretrained``.
+        pretrained: The open_clip pretrained tag, used for a model name without ``weights``;
+            ``None`` builds random weights.
         image_size: Input side ``S``; the positional grid is resized to ``S // patch``.
 
     Returns:
-        The open_clip ``CLIP`` model in ``eval()`` mode with gradients switched off.
+        The model in ``eval()`` mode with gradients switched off.
     """
     started = time.perf_counter()
-    name = register_config(backbone) if is_config_file(backbone) else backbone
-    if name not in open_clip.list_models():
-        raise CheckpointError(
-            f"unknown backbone {backbone!r}. Use an open_clip model name "
-            f"(for example {DEFAULT_BACKBONE!r}) or the path of a JSON config."
-        )
+    config = backbone_config(backbone)
     source = str(weights) if weights is not None else pretrained
     if is_config_file(backbone) and weights is None:
         source = None
     elif weights is None and pretrained and not Path(pretrained).is_file():
-        source = str(fetch_backbone(name, pretrained))  # the Hub download lives in checkpoints.py
-    with warnings.catch_warnings():
-        # NOTE(paper): AdaCLIP runs the OpenAI weights with plain GELU; open_clip warns about it.
-        warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
-        model = _create(name, source)
-    if not isinstance(model, CLIP):
-        raise CheckpointError(f"backbone {backbone!r} is not a plain open_clip ViT CLIP model.")
+        source = str(fetch_backbone(backbone, pretrained))  # the Hub lives in checkpoints.py
+    model = _create(config, backbone, source)
     resize_grid(model, image_size)
     model.eval().requires_grad_(False)
     logger.info(
         "backbone %s (weights: %s) ready at %d px in %.1f s",
-        name,
+        backbone,
         source or "random",
         image_size,
         time.perf_counter() - started,
@@ -100,25 +89,20 @@ def load_backbone(
     return model
 
 
-def _create(name: str, source: str | None) -> torch.nn.Module:
-    """Builds the open_clip model; random weights when ``source`` is ``None``.
+def _create(config: CLIPConfig, name: str, source: str | None) -> CLIP:
+    """Builds the model; random weights when ``source`` is ``None``.
 
     With weights, the model is laid out on the meta device and the file's tensors are
     assigned to it directly (memory-mapped), so there is no random initialisation to pay
     for and no second copy of the weights in memory.
     """
     if source is None:
-        return open_clip.create_model(name, pretrained=None)
+        return CLIP(config).init_random()
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"backbone weights file {source} does not exist.")
-    quiet = _DropRecords("No pretrained weights loaded")  # they are loaded just below
-    logging.getLogger().addFilter(quiet)
-    try:
-        with torch.device("meta"):
-            model = open_clip.create_model(name, pretrained=None, device="meta")
-    finally:
-        logging.getLogger().removeFilter(quiet)
+    with torch.device("meta"):
+        model = CLIP(config)
     try:
         model.load_state_dict(_read_weights(path), strict=True, assign=True)
     except RuntimeError as err:
@@ -126,22 +110,10 @@ def _create(name: str, source: str | None) -> torch.nn.Module:
             f"backbone weights {path} do not fit {name!r}: {err}. Pass the weights that "
             "belong to this backbone, or another --backbone."
         ) from err
-    context = model.positional_embedding.shape[0]
-    model.attn_mask = torch.full((context, context), float("-inf")).triu_(1)  # causal mask
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not meta, f"tensors left unloaded: {meta}"
+    model.weights_file = path
     return model
-
-
-class _DropRecords(logging.Filter):
-    """Drops log records whose message starts with a given text."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -163,7 +135,7 @@ def resize_grid(model: CLIP, image_size: int) -> None:
     ``align_corners=False`` and no antialiasing, as METHOD.md section 1 requires.
     """
     visual = model.visual
-    P = visual.patch_size[0]
+    P = visual.patch_size
     if image_size < P or image_size % P:
         raise AdaCLIPError(
             f"image_size must be a positive multiple of the patch size {P}; got {image_size} "
@@ -178,5 +150,29 @@ def resize_grid(model: CLIP, image_size: int) -> None:
         grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
         grid = grid.permute(0, 2, 3, 1).reshape(new * new, D)  # (1, D, G, G) -> (G*G, D)
         visual.positional_embedding = torch.nn.Parameter(torch.cat([pos[:1], grid]))
-    visual.image_size = (image_size, image_size)
-    visual.grid_size = (new, new)
+    visual.image_size = image_size
+    visual.grid_size = new
+
+
+def cast_matmuls(clip: CLIP, dtype: torch.dtype) -> None:
+    """Casts the weights of every attention and MLP block in both towers to ``dtype``.
+
+    Layer norms, embeddings, projections and the residual stream stay float32, which keeps
+    bf16 and fp16 close to the exact result at nearly the full speed of low precision. The
+    float32 originals of memory-mapped weights are dropped from memory block by block, so
+    casting never holds both copies of the model: only the few float32 pages still read
+    (token embedding rows, layer norms) stay mapped.
+    """
+    if dtype == torch.float32:
+        return
+    current = clip.visual.transformer.resblocks[0].mlp.c_fc.weight.dtype
+    if current == dtype:
+        return  # already cast (a backbone shared by several detectors): leave it alone
+    if current != torch.float32:
+        raise ValueError(f"the backbone is already cast to {current}; load another for {dtype}.")
+    for block in [*clip.visual.transformer.resblocks, *clip.transformer.resblocks]:
+        for part in (block.attn, block.mlp):
+            originals = [p.data for p in part.parameters()]
+            part.to(dtype)
+            if clip.weights_file is not None:
+                release_mapped_pages(originals, clip.weights_file)

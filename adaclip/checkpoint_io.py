@@ -8,10 +8,16 @@ files through safetensors. Saving writes the reference format: the learnable ten
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
+import mmap as mmap_module
+import os
 import pickle
 import re
+import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -78,7 +84,9 @@ def read_tensors(path: Path, source: str, advice: str, mmap: bool = False) -> ob
         path: The file.
         source: How to name it in messages.
         advice: What to do, added when the file is neither format.
-        mmap: Map a zip-format PyTorch file instead of reading it (large backbones).
+        mmap: Map the file instead of reading it (large backbones): only the pages that
+            are used take memory. Zip-format PyTorch files and safetensors files whose
+            tensors are aligned can be mapped; others are read.
 
     Returns:
         What the file holds: tensors in plain containers (no other Python objects).
@@ -94,6 +102,9 @@ def read_tensors(path: Path, source: str, advice: str, mmap: bool = False) -> ob
         raise CheckpointError(f"cannot read {source}: {err.strerror or err}.") from err
     kind = _file_kind(head, size)
     if kind == "safetensors" or (kind is None and path.suffix.lower() == ".safetensors"):
+        if mmap:
+            _load_safetensors(path, source, header_only=True)
+            return _map_safetensors(path, source)
         return _load_safetensors(path, source)
     if kind == "torch":
         return _load_torch(path, source, mmap)
@@ -129,17 +140,108 @@ def _describe(head: bytes, size: int) -> str:
     return f"it starts with the bytes {head[:8].hex(' ')}"
 
 
-def _load_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
-    """Loads a safetensors file onto the CPU."""
-    from safetensors import SafetensorError
+def _load_safetensors(
+    path: Path, source: str, header_only: bool = False
+) -> dict[str, torch.Tensor] | None:
+    """Loads a safetensors file onto the CPU, or with ``header_only`` just validates it."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
+        if header_only:
+            with safe_open(str(path), framework="pt") as checked:  # checks offsets and sizes
+                checked.keys()
+            return None
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as err:
         raise CheckpointError(
             f"{source} is not a valid safetensors file ({err}); re-download or re-export it."
         ) from err
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _map_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """Maps a safetensors file that safetensors has validated: a little-endian 8-byte header
+    length, a JSON header of dtypes, shapes and byte ranges, then the raw tensors.
+
+    The mapping is private, so nothing written to a tensor reaches the file. A file whose
+    tensors are not aligned to their element size (or whose dtypes are exotic) is read
+    whole instead.
+    """
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+        mapped = mmap_module.mmap(handle.fileno(), 0, access=mmap_module.ACCESS_COPY)
+    start = 8 + length
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if any(
+        e["dtype"] not in SAFETENSORS_DTYPES
+        or (start + e["data_offsets"][0]) % SAFETENSORS_DTYPES[e["dtype"]].itemsize
+        for e in entries.values()
+    ):
+        mapped.close()
+        return _load_safetensors(path, source)
+    data = torch.frombuffer(mapped, dtype=torch.uint8)  # keeps the mapping alive
+    state = {}
+    for name, entry in entries.items():
+        begin, end = entry["data_offsets"]
+        raw = data[start + begin : start + end]
+        state[name] = raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    return state
+
+
+def release_mapped_pages(tensors: Iterable[torch.Tensor], path: str | Path) -> int:
+    """Drops from resident memory the pages of ``path``'s private mapping under ``tensors``.
+
+    A memory-mapped weight that has been cast to another dtype is no longer read, but its
+    pages stay resident as long as any other tensor keeps the file mapped. Only whole pages
+    inside each tensor's own bytes are dropped, and only where they belong to a mapping of
+    ``path``: those pages are never written, so touching them again just reads the file.
+    Does nothing outside Linux.
+
+    Returns:
+        How many bytes were released.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    target = os.path.realpath(path)
+    spans = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].rstrip("\n") == target and fields[1][3] == "p":
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                spans.append((low, high))
+    page = mmap_module.PAGESIZE
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    released = 0
+    for tensor in tensors:
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
+            continue
+        begin = -(-tensor.data_ptr() // page) * page  # first whole page
+        end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
+        inside = any(low <= begin and end <= high for low, high in spans)
+        if end > begin and inside and madvise(begin, end - begin, MADV_DONTNEED) == 0:
+            released += end - begin
+    return released
+
+
+MADV_DONTNEED = 4
+"""Linux's advice to drop pages: private file pages are read again from the file if used."""
 
 
 TORCH_LOAD_ERRORS = (

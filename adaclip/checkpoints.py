@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
-import open_clip
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download, hf_hub_url, try_to_load_from_cache
@@ -50,6 +49,10 @@ MIRROR_REPO = "cubert-gmbh/adaclip"
 
 DEFAULT_CHECKPOINT = "all"
 REPO_TYPE_PREFIXES = {"spaces/": "space", "datasets/": "dataset", "models/": "model"}
+BACKBONE_HUB = {("ViT-L-14-336", "openai"): "timm/vit_large_patch14_clip_336.openai/"}
+"""Hub repos of the backbones AdaCLIP is published for, by (model, tag), as open_clip's own
+registry gives them; other pairs are looked up in that registry (see :func:`backbone_files`)."""
+
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 """The file names open_clip looks for in a Hub repo named without a file, safest first."""
 
@@ -639,6 +642,20 @@ def backbone_files(name: str, pretrained: str) -> list[HubFile]:
     Raises:
         CheckpointError: open_clip knows no Hub weights for that model and tag.
     """
+    hub = BACKBONE_HUB.get((name, pretrained)) or _open_clip_hub(name, pretrained)
+    repo_id, _, filename = hub.rpartition("/")  # "org/name/" has no file: open_clip's defaults
+    names = _safe_first(filename) if filename else list(OPEN_CLIP_WEIGHTS)
+    return [HubFile(repo_id, n) for n in names]
+
+
+def _open_clip_hub(name: str, pretrained: str) -> str:
+    """open_clip's Hub repo for a backbone that :data:`BACKBONE_HUB` does not list.
+
+    open_clip is imported only here: with torchvision it costs about 220 MB of memory,
+    which the published backbone never pays.
+    """
+    import open_clip
+
     hub = open_clip.get_pretrained_cfg(name, pretrained).get("hf_hub", "")
     if not hub:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
@@ -646,9 +663,7 @@ def backbone_files(name: str, pretrained: str) -> list[HubFile]:
             f"open_clip has no Hub weights for backbone {name!r} with tag {pretrained!r} (its "
             f"tags: {tags}). Pick a listed tag or pass --backbone-weights with a local file."
         )
-    repo_id, _, filename = hub.rpartition("/")  # "org/name/" has no file: open_clip's defaults
-    names = _safe_first(filename) if filename else list(OPEN_CLIP_WEIGHTS)
-    return [HubFile(repo_id, n) for n in names]
+    return hub
 
 
 def _safe_first(filename: str) -> list[str]:
@@ -666,7 +681,7 @@ def fetch_backbone(name: str, pretrained: str) -> Path:
     cached copy is used without asking the Hub: released weights do not change.
 
     Returns:
-        The local weights file, for ``open_clip.create_model(name, pretrained=path)``.
+        The local weights file.
 
     Raises:
         CheckpointError: The model or tag has no Hub weights.

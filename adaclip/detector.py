@@ -17,13 +17,13 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from adaclip import prompts, render
-from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, load_backbone
+from adaclip.backbone import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, cast_matmuls, load_backbone
 from adaclip.checkpoint_io import check_state
 from adaclip.checkpoints import fetch_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.errors import AdaCLIPError
 from adaclip.images import MAX_PIXELS, ImageInput, describe, load_image, preprocess
-from adaclip.model import AdaCLIP, Encoded, cast_matmuls
+from adaclip.model import AdaCLIP, Encoded
 
 logger = logging.getLogger(__name__)
 

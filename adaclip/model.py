@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
 from torch import nn
 
 from adaclip import prompts
+from adaclip.clip import CLIP
 from adaclip.config import AdaCLIPConfig
 from adaclip.fusion import cluster_centres, select_points
 
@@ -83,9 +83,9 @@ class AdaCLIP(nn.Module):
     def __init__(self, clip: CLIP, config: AdaCLIPConfig) -> None:
         super().__init__()
         visual = clip.visual
-        if visual.image_size[0] != config.image_size:
+        if visual.image_size != config.image_size:
             raise ValueError(
-                f"backbone is sized for {visual.image_size[0]} px but config.image_size is "
+                f"backbone is sized for {visual.image_size} px but config.image_size is "
                 f"{config.image_size}; build it with load_backbone(image_size=...)."
             )
         J, M, N = config.prompt_depth, config.prompt_length, config.num_output_layers
@@ -106,7 +106,7 @@ class AdaCLIP(nn.Module):
     @property
     def grid_size(self) -> int:
         """Side ``G`` of the patch grid."""
-        return self.clip.visual.grid_size[0]
+        return self.clip.visual.grid_size
 
     def learnable_state_dict(self) -> dict[str, torch.Tensor]:
         """The learnable tensors under their names in this module (no ``clip.`` entries)."""
@@ -154,7 +154,7 @@ class AdaCLIP(nn.Module):
         B = images.shape[0]
         if len(class_names) != B:
             raise ValueError(f"need one class name per image; got {len(class_names)} for {B}.")
-        tokens = self.clip.visual._embeds(images)  # (B, 1+L, Dv)
+        tokens = self.clip.visual.embed(images)  # (B, 1+L, Dv)
         pooled_plain = self.encode_image_plain(tokens)
         visual_prompts, text_prompts = self.hybrid_prompts(pooled_plain)
         patch_tokens, pooled = self.encode_image_prompted(tokens, visual_prompts)
@@ -218,8 +218,8 @@ class AdaCLIP(nn.Module):
         blocks = visual.transformer.resblocks
         x = tokens
         for block in blocks[:-1]:
-            x = block_forward(block, x)
-        cls = block_forward(blocks[-1], x, queries=1)[:, 0]  # (B, Dv)
+            x = block(x)
+        cls = blocks[-1](x, queries=1)[:, 0]  # (B, Dv)
         return visual.ln_post(cls) @ visual.proj
 
     def hybrid_prompts(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +263,7 @@ class AdaCLIP(nn.Module):
         for i, block in enumerate(visual.transformer.resblocks):
             if 0 < i < J:
                 x = torch.cat([x[:, : 1 + L], prompts_[i]], dim=1)
-            x = block_forward(block, x)
+            x = block(x)
             if i in self.output_layers:
                 outputs.append(x[:, 1 : 1 + L])
         pooled = visual.ln_post(x[:, 0]) @ visual.proj
@@ -294,7 +294,7 @@ class AdaCLIP(nn.Module):
             if 0 < i < J:
                 prompt = prompts_[i].repeat_interleave(S, dim=0)  # (B, M, Dt) -> (B*S, M, Dt)
                 x = torch.cat([x[:, :1], prompt, x[:, 1 + M :]], dim=1)
-            x = block_forward(block, x, causal=True)
+            x = block(x, causal=True)
         x = x.reshape(B, S, T, Dt)  # (B*S, T, Dt) -> (B, S, T, Dt)
         end = x.gather(2, eot[:, :, None, None].expand(B, S, 1, Dt)).squeeze(2)  # (B, S, Dt)
         features = F.normalize(clip.ln_final(end) @ clip.text_projection, dim=-1)  # (B, S, E)
@@ -318,64 +318,3 @@ class AdaCLIP(nn.Module):
         mean = layer_logits.mean(dim=1)  # (B, N, 2, G, G) -> (B, 2, G, G)
         up = F.interpolate(mean.float(), size=(S, S), mode="bilinear", align_corners=True)
         return up.softmax(dim=1)[:, 1]
-
-
-def block_forward(
-    block: nn.Module, x: torch.Tensor, causal: bool = False, queries: int | None = None
-) -> torch.Tensor:
-    """One open_clip residual attention block, batch-first, with fused attention.
-
-    The residual stream and the layer norms stay in ``x``'s dtype (float32); the attention
-    and MLP run in the dtype of their weights, so a block cast with :func:`cast_matmuls`
-    computes its matrix products in bf16 or fp16 without rounding the stream itself.
-
-    Args:
-        block: An open_clip ``ResidualAttentionBlock``.
-        x: Tokens, ``(B, T, D)``.
-        causal: Apply the causal mask (text encoder).
-        queries: If given, only the first ``queries`` tokens are computed and returned.
-
-    Returns:
-        ``(B, T, D)``, or ``(B, queries, D)`` when ``queries`` is set, in ``x``'s dtype.
-    """
-    B, T, D = x.shape
-    attn = block.attn
-    H = attn.num_heads
-    dtype = attn.in_proj_weight.dtype
-    y = block.ln_1(x).to(dtype)
-    q_in = y if queries is None else y[:, :queries]
-    Q = q_in.shape[1]
-    w_q, w_kv = attn.in_proj_weight[:D], attn.in_proj_weight[D:]
-    b_q, b_kv = attn.in_proj_bias[:D], attn.in_proj_bias[D:]
-    q = F.linear(q_in, w_q, b_q).reshape(B, Q, H, D // H).transpose(1, 2)  # (B, H, Q, d)
-    kv = (
-        F.linear(y, w_kv, b_kv).reshape(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4)
-    )  # (2, B, H, T, d)
-    out = F.scaled_dot_product_attention(q, kv[0], kv[1], is_causal=causal)
-    out = out.transpose(1, 2).reshape(B, Q, D)  # (B, H, Q, d) -> (B, Q, D)
-    x = x[:, :Q] + block.ls_1(attn.out_proj(out)).to(x.dtype)
-    return x + block.ls_2(block.mlp(block.ln_2(x).to(dtype))).to(x.dtype)
-
-
-def cast_matmuls(clip: CLIP, dtype: torch.dtype) -> None:
-    """Casts the weights of every attention and MLP block in both towers to ``dtype``.
-
-    Layer norms, embeddings, projections and the residual stream stay float32, which keeps
-    bf16 and fp16 close to the exact result at nearly the full speed of low precision.
-    """
-    if dtype == torch.float32:
-        return
-    current = clip.visual.transformer.resblocks[0].mlp.c_fc.weight.dtype
-    if current == dtype:
-        return  # already cast (a backbone shared by several detectors): leave it alone
-    if current != torch.float32:
-        raise ValueError(f"the backbone is already cast to {current}; load another for {dtype}.")
-    # TODO(#6): the fp32 weights are read in full before this cast, so building a bf16 model
-    # peaks at about 3.8 GB; caching a converted bf16 file would keep it near 2.3 GB.
-    for block in [*clip.visual.transformer.resblocks, *clip.transformer.resblocks]:
-        block.attn.to(dtype)
-        block.mlp.to(dtype)
-    for tensor in [*clip.parameters(), *clip.buffers()]:
-        if tensor.dtype == torch.float32:
-            # Own copies of what stays float32, so a memory-mapped weights file is let go.
-            tensor.data = tensor.data.clone()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 
-import open_clip
 import torch
 
 from adaclip.errors import ClassNameError
+from adaclip.tokenizer import END_OF_TEXT, START_OF_TEXT, get_tokenizer
 
 CONTEXT_LENGTH = 77
 DEFAULT_CLASS_NAME = "object"
@@ -50,6 +50,11 @@ def normalize_class_name(class_name: str | None) -> str:
     name = " ".join((class_name or "").split())
     if not name:
         return DEFAULT_CLASS_NAME
+    if START_OF_TEXT in name.lower() or END_OF_TEXT in name.lower():
+        raise ClassNameError(
+            f"class_name {name!r} contains one of CLIP's control tokens "
+            f"({START_OF_TEXT}, {END_OF_TEXT}); use a plain noun such as 'bottle'."
+        )
     if len(name) > MAX_CLASS_NAME_CHARS:
         raise ClassNameError(
             f"class_name must be at most {MAX_CLASS_NAME_CHARS} characters; got {len(name)}. "
@@ -66,12 +71,6 @@ def sentences(class_name: str) -> tuple[list[str], list[str]]:
     return normal, abnormal
 
 
-@functools.cache
-def _tokenizer() -> open_clip.SimpleTokenizer:
-    """CLIP's byte-pair tokenizer, built once."""
-    return open_clip.SimpleTokenizer()
-
-
 @functools.lru_cache(maxsize=256)
 def tokenize_class(class_name: str) -> tuple[torch.Tensor, int]:
     """Tokenises the sentence ensemble of one (normalised) class name, cached.
@@ -84,7 +83,7 @@ def tokenize_class(class_name: str) -> tuple[torch.Tensor, int]:
         ClassNameError: A sentence does not fit in the 77-token context.
     """
     normal, abnormal = sentences(class_name)
-    tokenizer = _tokenizer()
+    tokenizer = get_tokenizer()
     lengths = [len(tokenizer.encode(s)) + 2 for s in normal + abnormal]  # + start and end
     if max(lengths) > CONTEXT_LENGTH:
         raise ClassNameError(

@@ -22,10 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 
-from adaclip.backbone import load_backbone, resize_grid
+from adaclip.backbone import backbone_config, load_backbone, resize_grid
 from adaclip.checkpoint_io import save_checkpoint
 from adaclip.config import AdaCLIPConfig
 from adaclip.detector import Detector
@@ -50,7 +49,7 @@ def prepare(backbone: str, image_size: int, folder: Path) -> dict[str, str]:
     checkpoint = folder / f"{backbone}-{image_size}-adaclip-random.pth"
     if not (weights.is_file() and checkpoint.is_file()):
         torch.manual_seed(0)
-        native = open_clip.get_model_config(backbone)["vision_cfg"]["image_size"]
+        native = backbone_config(backbone).image_size
         clip = load_backbone(backbone, pretrained=None, image_size=native)
         torch.save(clip.state_dict(), weights)
         resize_grid(clip, image_size)

@@ -1,8 +1,9 @@
 """The fast model against a plain, independent reading of METHOD.md sections 4-7.
 
-``PlainAdaCLIP`` below uses open_clip's modules the ordinary way: the vision and text
-blocks through their own ``forward`` (``nn.MultiheadAttention``), the full 77-token
-context with open_clip's causal mask, every token through the last vision block,
+``PlainAdaCLIP`` below runs open_clip's own CLIP modules, loaded with the same weights, the
+ordinary way: the vision and text blocks through their own ``forward``
+(``nn.MultiheadAttention``), open_clip's tokenizer, the full 77-token context with open_clip's
+causal mask, every token through the last vision block,
 one image at a time, each layer's map upsampled before the layers are averaged. The
 library's shortcuts (fused attention, context cut, class-token-only last block, one
 upsample of averaged logits) must give the same numbers.
@@ -17,6 +18,7 @@ identical inputs are each compared; the tiny model is compared end to end.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
+from torch import nn
 
 from adaclip.backbone import load_backbone
+from adaclip.clip import CLIP
 from adaclip.config import AdaCLIPConfig
 from adaclip.detector import Detector
 from adaclip.images import load_image, preprocess
@@ -44,7 +48,7 @@ class PlainAdaCLIP:
 
     def __init__(self, model: AdaCLIP) -> None:
         self.m = model
-        self.clip = model.clip
+        self.clip = open_clip_twin(model.clip)
         self.cfg = model.config
         blocks = len(self.clip.visual.transformer.resblocks)
         step = blocks // self.cfg.num_output_layers
@@ -150,6 +154,33 @@ class PlainAdaCLIP:
             for layer in logits
         ]
         return torch.stack(upsampled).mean(dim=0)[0].softmax(dim=0)[1]
+
+
+def open_clip_twin(clip: CLIP) -> nn.Module:
+    """open_clip's CLIP with the weights of ``clip``, at the same input size."""
+    name = "twin-" + hashlib.sha256(repr(clip.config).encode()).hexdigest()[:12]
+    config = clip.config
+    open_clip.factory._MODEL_CONFIGS[name] = {
+        "embed_dim": config.embed_dim,
+        "quick_gelu": config.quick_gelu,
+        "vision_cfg": {
+            "image_size": clip.visual.image_size,
+            "layers": config.vision.layers,
+            "width": config.vision.width,
+            "head_width": config.vision.width // config.vision.heads,
+            "patch_size": config.patch_size,
+        },
+        "text_cfg": {
+            "context_length": config.context_length,
+            "vocab_size": config.vocab_size,
+            "width": config.text.width,
+            "heads": config.text.heads,
+            "layers": config.text.layers,
+        },
+    }
+    twin = open_clip.create_model(name, pretrained=None)
+    twin.load_state_dict(clip.state_dict(), strict=True)
+    return twin.eval()
 
 
 def compare(model: AdaCLIP, images: torch.Tensor, names: list[str]) -> tuple[float, float]:

@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-import open_clip
 import pytest
 import torch
 from hub_server import HubServer
@@ -15,7 +14,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download
 from huggingface_hub.utils import _http
 
-from adaclip import cli
+from adaclip import checkpoints, cli
 from adaclip.backbone import load_backbone, register_config
 from adaclip.checkpoint_io import read_state, save_checkpoint
 from adaclip.checkpoints import (
@@ -479,9 +478,7 @@ def test_load_backbone_by_tag_downloads_through_checkpoints(
 ) -> None:
     config = str(golden_dir / "ViT-T-golden.json")
     name = register_config(config)
-    monkeypatch.setitem(
-        open_clip.pretrained._PRETRAINED, name, {"golden": {"hf_hub": "tester/golden-clip/"}}
-    )
+    monkeypatch.setitem(checkpoints.BACKBONE_HUB, (name, "golden"), "tester/golden-clip/")
     hub.add(
         "tester/golden-clip",
         "open_clip_pytorch_model.bin",

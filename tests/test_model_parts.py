@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -38,7 +41,7 @@ def test_backbone_grid_is_resized(golden_dir):
     clip = load_backbone(
         str(golden_dir / "ViT-T-golden.json"), golden_dir / "clip_weights.pt", image_size=320
     )
-    assert clip.visual.grid_size == (20, 20)
+    assert clip.visual.grid_size == 20
     assert clip.visual.positional_embedding.shape == (20 * 20 + 1, 128)
     assert not any(p.requires_grad for p in clip.parameters())
 
@@ -72,7 +75,8 @@ def test_render_helpers():
 def test_loading_learnable_parts_leaves_the_shared_backbone_alone(golden_detector):
     import torch
 
-    from adaclip.model import AdaCLIP, cast_matmuls
+    from adaclip.backbone import cast_matmuls
+    from adaclip.model import AdaCLIP
 
     clip = golden_detector.model.clip
     pointers = {k: v.data_ptr() for k, v in clip.state_dict().items()}
@@ -91,7 +95,7 @@ def test_loading_learnable_parts_leaves_the_shared_backbone_alone(golden_detecto
 def test_casting_a_shared_backbone_twice_changes_nothing(golden_model_args):
     import torch
 
-    from adaclip.model import cast_matmuls
+    from adaclip.backbone import cast_matmuls
 
     clip = load_backbone(golden_model_args["backbone"], golden_model_args["backbone_weights"],
                          None, 240)  # fmt: skip
@@ -123,3 +127,18 @@ def test_backbone_weights_in_any_torch_format_or_a_clear_refusal(golden_model_ar
     with pytest.raises(CheckpointError, match="contains Python objects") as refused:
         load_backbone(golden_model_args["backbone"], pickled, None, 240)
     assert "weights_only" not in str(refused.value)
+
+
+def test_inference_never_imports_open_clip_torchvision_or_dynamo(golden_model_args, golden_dir):
+    # They cost about 220 MB of resident memory that inference does not use (issue 6).
+    code = f"""
+import sys
+from adaclip import cli
+from adaclip.detector import Detector
+detector = Detector.from_pretrained(**{golden_model_args!r})
+detector.predict({str(golden_dir / "images" / "input_0.png")!r}, "bottle")
+print(sorted(m for m in ("open_clip", "torchvision", "torch._dynamo") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
