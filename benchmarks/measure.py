@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from adaclip.backbone import backbone_config, load_backbone, resize_grid
 from adaclip.checkpoint_io import save_checkpoint
@@ -38,20 +39,21 @@ MB = 1_000_000
 def prepare(backbone: str, image_size: int, folder: Path) -> dict[str, str]:
     """Writes random backbone weights and a random reference-format checkpoint, seeded.
 
-    The backbone is saved at its own input size (as published weights are); the
-    learnable parts are built for ``image_size``. Files already there are kept.
+    The backbone is saved at its own input size and as safetensors (as the Hub serves the
+    published weights, and as they are loaded first); the learnable parts are built for
+    ``image_size``. Files already there are kept.
 
     Returns:
         ``{"backbone_weights": path, "checkpoint": path}``.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / f"{backbone}-random.pt"
+    weights = folder / f"{backbone}-random.safetensors"
     checkpoint = folder / f"{backbone}-{image_size}-adaclip-random.pth"
     if not (weights.is_file() and checkpoint.is_file()):
         torch.manual_seed(0)
         native = backbone_config(backbone).image_size
         clip = load_backbone(backbone, pretrained=None, image_size=native)
-        torch.save(clip.state_dict(), weights)
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, weights)
         resize_grid(clip, image_size)
         model = AdaCLIP(clip, AdaCLIPConfig(image_size=image_size))
         save_checkpoint(model.learnable_state_dict(), checkpoint)
