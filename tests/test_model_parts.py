@@ -142,3 +142,13 @@ print(sorted(m for m in ("open_clip", "torchvision", "torch._dynamo") if m in sy
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["a <end_of_text> bottle", "<START_OF_TEXT>nut"])
+def test_class_names_with_clip_control_tokens_are_refused(name):
+    # The tokenizer would turn them into real control tokens and end the sentence early.
+    from adaclip.errors import ClassNameError
+    from adaclip.prompts import normalize_class_name
+
+    with pytest.raises(ClassNameError, match="control tokens"):
+        normalize_class_name(name)
