@@ -70,6 +70,8 @@ def load_backbone(
         The model in ``eval()`` mode with gradients switched off.
     """
     started = time.perf_counter()
+    # NOTE(paper): AdaCLIP runs the OpenAI weights with plain GELU, as the model configs
+    # describe them, although open_clip's registry marks them as trained with QuickGELU.
     config = backbone_config(backbone)
     source = str(weights) if weights is not None else pretrained
     if is_config_file(backbone) and weights is None:
@@ -112,7 +114,7 @@ def _create(config: CLIPConfig, name: str, source: str | None) -> CLIP:
         ) from err
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not meta, f"tensors left unloaded: {meta}"
-    model.weights_file = path
+    model.weights_file = path.resolve()
     return model
 
 
@@ -170,9 +172,12 @@ def cast_matmuls(clip: CLIP, dtype: torch.dtype) -> None:
         return  # already cast (a backbone shared by several detectors): leave it alone
     if current != torch.float32:
         raise ValueError(f"the backbone is already cast to {current}; load another for {dtype}.")
+    released = 0
     for block in [*clip.visual.transformer.resblocks, *clip.transformer.resblocks]:
-        for part in (block.attn, block.mlp):
-            originals = [p.data for p in part.parameters()]
-            part.to(dtype)
-            if clip.weights_file is not None:
-                release_mapped_pages(originals, clip.weights_file)
+        originals = [p.data for p in [*block.attn.parameters(), *block.mlp.parameters()]]
+        block.attn.to(dtype)
+        block.mlp.to(dtype)
+        if clip.weights_file is not None:
+            released += release_mapped_pages(originals, clip.weights_file)
+    if clip.weights_file is not None:
+        logger.debug("cast to %s; %d MB of float32 pages released", dtype, released // 10**6)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import mmap as mmap_module
 import os
 import pickle
@@ -19,7 +20,9 @@ import sys
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
 
 from adaclip.errors import CheckpointError
@@ -169,38 +172,89 @@ SAFETENSORS_DTYPES = {
     "I16": torch.int16,
     "I8": torch.int8,
     "U8": torch.uint8,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
     "BOOL": torch.bool,
 }
 
 
 def _map_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
-    """Maps a safetensors file that safetensors has validated: a little-endian 8-byte header
-    length, a JSON header of dtypes, shapes and byte ranges, then the raw tensors.
+    """Maps a safetensors file: a little-endian 8-byte header length, a JSON header of dtypes,
+    shapes and byte ranges, then the raw tensors.
 
-    The mapping is private, so nothing written to a tensor reaches the file. A file whose
-    tensors are not aligned to their element size (or whose dtypes are exotic) is read
-    whole instead.
+    safetensors has validated the file already; the header is checked again here against the
+    mapping itself, so a file swapped in between cannot slip through. The mapping is private:
+    nothing written to a tensor reaches the file. A tensor not aligned to its element size
+    is copied out on its own; the rest stay mapped. A file with a dtype missing from
+    :data:`SAFETENSORS_DTYPES` is read by safetensors instead.
+
+    Raises:
+        CheckpointError: The header does not describe the bytes that follow it.
     """
-    with open(path, "rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(length))
-        mapped = mmap_module.mmap(handle.fileno(), 0, access=mmap_module.ACCESS_COPY)
-    start = 8 + length
-    entries = {k: v for k, v in header.items() if k != "__metadata__"}
-    if any(
-        e["dtype"] not in SAFETENSORS_DTYPES
-        or (start + e["data_offsets"][0]) % SAFETENSORS_DTYPES[e["dtype"]].itemsize
-        for e in entries.values()
-    ):
+    try:
+        with open(path, "rb") as handle:
+            mapped = mmap_module.mmap(handle.fileno(), 0, access=mmap_module.ACCESS_COPY)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot map {source}: {err}.") from err
+    length = int.from_bytes(mapped[:8], "little")
+    try:
+        header = json.loads(mapped[8 : 8 + length]) if 8 + length <= len(mapped) else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict):
         mapped.close()
+        raise CheckpointError(f"{source} has no readable safetensors header; re-download it.")
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if any(not isinstance(e, dict) or e.get("dtype") not in SAFETENSORS_DTYPES
+           for e in entries.values()):  # fmt: skip
+        mapped.close()  # a dtype torch cannot view: safetensors reads the file
         return _load_safetensors(path, source)
     data = torch.frombuffer(mapped, dtype=torch.uint8)  # keeps the mapping alive
+    start = 8 + length
     state = {}
     for name, entry in entries.items():
-        begin, end = entry["data_offsets"]
+        begin, end, dtype, shape = _checked_entry(entry, len(mapped) - start, source, name)
         raw = data[start + begin : start + end]
-        state[name] = raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        if (start + begin) % dtype.itemsize:
+            logger.warning("%s: tensor %s is not aligned in the file; copying it", source, name)
+            raw = raw.clone()
+        state[name] = raw.view(dtype).reshape(shape)
     return state
+
+
+def _checked_entry(
+    entry: object, size: int, source: str, name: str
+) -> tuple[int, int, torch.dtype, list[int]]:
+    """``(begin, end, dtype, shape)`` of one header entry, checked against ``size`` bytes."""
+    try:
+        begin, end = entry["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        shape = [int(n) for n in entry["shape"]]
+        valid = (
+            all(isinstance(n, int) for n in (begin, end, *entry["shape"]))
+            and 0 <= begin <= end <= size
+            and min(shape, default=0) >= 0
+            and math.prod(shape) * dtype.itemsize == end - begin
+        )
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise CheckpointError(
+            f"{source}: the safetensors header entry {name!r} does not describe the file's "
+            "bytes (or uses a dtype AdaCLIP does not read); re-download or re-export it."
+        )
+    return begin, end, dtype, shape
+
+
+MADV_DONTNEED = 4
+"""Linux's advice to drop pages: private file pages are read again from the file if used."""
+
+PAGEMAP_PRESENT, PAGEMAP_FILE = 1 << 63, 1 << 61
+"""Bits of a ``/proc/self/pagemap`` entry: the page is in memory; it is the file's own page
+(a private page that has been written to is anonymous instead)."""
 
 
 def release_mapped_pages(tensors: Iterable[torch.Tensor], path: str | Path) -> int:
@@ -208,16 +262,41 @@ def release_mapped_pages(tensors: Iterable[torch.Tensor], path: str | Path) -> i
 
     A memory-mapped weight that has been cast to another dtype is no longer read, but its
     pages stay resident as long as any other tensor keeps the file mapped. Only whole pages
-    inside each tensor's own bytes are dropped, and only where they belong to a mapping of
-    ``path``: those pages are never written, so touching them again just reads the file.
-    Does nothing outside Linux.
+    inside each tensor's own bytes are dropped, only inside a private mapping of ``path``,
+    and only for tensors none of whose pages has been written to: such pages are the file's
+    own, so touching them again just reads the file. Does nothing where Linux's ``/proc``
+    and ``madvise`` are missing.
 
     Returns:
         How many bytes were released.
     """
     if not sys.platform.startswith("linux"):
         return 0
-    target = os.path.realpath(path)
+    try:
+        spans = _private_mappings(os.path.realpath(path))
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        page = mmap_module.PAGESIZE
+        released = 0
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            for tensor in tensors:
+                if tensor.device.type != "cpu" or not tensor.is_contiguous():
+                    continue
+                begin = -(-tensor.data_ptr() // page) * page  # first whole page
+                end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
+                inside = any(low <= begin and end <= high for low, high in spans)
+                if end <= begin or not inside or _any_written(pagemap, begin, end, page):
+                    continue
+                if madvise(begin, end - begin, MADV_DONTNEED) == 0:
+                    released += end - begin
+    except (OSError, AttributeError) as err:
+        logger.debug("memory-mapped pages not released: %s", err)
+        return 0
+    return released
+
+
+def _private_mappings(target: str) -> list[tuple[int, int]]:
+    """Address ranges of this process's private mappings of the file ``target``."""
     spans = []
     with open("/proc/self/maps") as maps:
         for line in maps:
@@ -225,23 +304,16 @@ def release_mapped_pages(tensors: Iterable[torch.Tensor], path: str | Path) -> i
             if len(fields) == 6 and fields[5].rstrip("\n") == target and fields[1][3] == "p":
                 low, high = (int(x, 16) for x in fields[0].split("-"))
                 spans.append((low, high))
-    page = mmap_module.PAGESIZE
-    madvise = ctypes.CDLL(None, use_errno=True).madvise
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = 0
-    for tensor in tensors:
-        if tensor.device.type != "cpu" or not tensor.is_contiguous():
-            continue
-        begin = -(-tensor.data_ptr() // page) * page  # first whole page
-        end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
-        inside = any(low <= begin and end <= high for low, high in spans)
-        if end > begin and inside and madvise(begin, end - begin, MADV_DONTNEED) == 0:
-            released += end - begin
-    return released
+    return spans
 
 
-MADV_DONTNEED = 4
-"""Linux's advice to drop pages: private file pages are read again from the file if used."""
+def _any_written(pagemap: BinaryIO, begin: int, end: int, page: int) -> bool:
+    """Whether a page in ``[begin, end)`` is in memory but no longer the file's own."""
+    pagemap.seek(begin // page * 8)
+    entries = np.frombuffer(pagemap.read((end - begin) // page * 8), dtype=np.uint64)
+    present = (entries & np.uint64(PAGEMAP_PRESENT)) != 0
+    own = (entries & np.uint64(PAGEMAP_FILE)) != 0
+    return bool((present & ~own).any())
 
 
 TORCH_LOAD_ERRORS = (

@@ -3,8 +3,8 @@
 Importing open_clip brings in torchvision and, through it, ``torch._dynamo`` and Triton:
 about 220 MB of resident memory that inference never uses. AdaCLIP only needs the plain ViT
 CLIP, so this module builds it from open_clip's JSON model configs with parameter names
-that match open_clip's state dicts one to one; the forward passes live in
-:mod:`adaclip.model`, which drives the towers block by block.
+that match open_clip's state dicts one to one. A block's forward pass is here; the passes
+through the towers live in :mod:`adaclip.model`, which drives them block by block.
 
 open_clip stays a dependency: its model configs and BPE vocabulary are read from its
 installed package folder (found without importing it), and the tests check these towers
@@ -26,37 +26,49 @@ from torch import nn
 
 from adaclip.errors import CheckpointError
 
-SUPPORTED_VISION_KEYS = frozenset(
-    {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio", "ls_init_value"}
-)
-SUPPORTED_TEXT_KEYS = frozenset(
-    {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value"}
-)
-SUPPORTED_TOP_KEYS = frozenset({"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"})
-"""The config keys of a plain ViT CLIP; any other key changes the architecture."""
+VISION_SIZES = {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16, "head_width": 64}
+TEXT_SIZES = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
+"""The integer sizes of each tower that AdaCLIP reads, with open_clip's defaults."""
 
-HARMLESS_VALUES = {
+TOWER_EXTRAS = {"mlp_ratio": 4.0, "ls_init_value": None}
+"""Other options each tower reads: the MLP's width factor and the layer-scale start value."""
+
+PLAIN_TOP = {"custom_text": False}
+PLAIN_COMMON = {
     "patch_dropout": 0.0,  # training-time only
+    "final_ln_after_pool": False,
+    "output_tokens": False,
+    "block_type": None,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+}
+PLAIN_VISION = {
+    **PLAIN_COMMON,
     "no_ln_pre": False,
     "pos_embed_type": "learnable",
-    "final_ln_after_pool": False,
-    "pool_type": ("tok", "argmax"),  # the vision and the text default
+    "pool_type": "tok",
     "attentional_pool": False,
-    "output_tokens": False,
+    "timm_model_name": None,
+}
+PLAIN_TEXT = {
+    **PLAIN_COMMON,
+    "pool_type": "argmax",
     "embed_cls": False,
     "no_causal_mask": False,
     "proj_bias": False,
     "proj_type": "linear",
     "pad_id": 0,
-    "timm_model_name": None,
     "hf_model_name": None,
     "hf_tokenizer_name": None,
-    "block_type": None,
-    "act_kwargs": None,
-    "norm_kwargs": None,
-    "custom_text": False,
 }
-"""Other open_clip options, accepted only at the value that leaves a plain ViT CLIP."""
+"""Other open_clip options, accepted only at the value that leaves a plain ViT CLIP; any
+option not named here changes the architecture and is refused."""
 
 
 @dataclass(frozen=True)
@@ -107,68 +119,90 @@ class CLIPConfig:
                 "'embed_dim', 'vision_cfg' and 'text_cfg'."
             )
         vision, text = raw["vision_cfg"], raw["text_cfg"]
-        for part, keys, where in (
-            (raw, SUPPORTED_TOP_KEYS, ""),
-            (vision, SUPPORTED_VISION_KEYS, "vision_cfg."),
-            (text, SUPPORTED_TEXT_KEYS, "text_cfg."),
-        ):
-            _check_options(part, keys, where, source)
-        image_size, layers = vision.get("image_size", 224), vision.get("layers", 12)
-        if not isinstance(image_size, int) or not isinstance(layers, int):
+        if not isinstance(vision, dict) or not isinstance(text, dict):
+            raise CheckpointError(f"{source}: 'vision_cfg' and 'text_cfg' must be objects.")
+        top = {"embed_dim": None, "vision_cfg": None, "text_cfg": None, "quick_gelu": False}
+        _check_options(raw, {**top, **PLAIN_TOP}, "", source)
+        v = _check_options(vision, {**VISION_SIZES, **TOWER_EXTRAS, **PLAIN_VISION}, "vision_cfg.",
+                           source)  # fmt: skip
+        t = _check_options(text, {**TEXT_SIZES, **TOWER_EXTRAS, **PLAIN_TEXT}, "text_cfg.", source)
+        bad = _bad_sizes(raw["embed_dim"], v, t)
+        if bad:
             raise CheckpointError(
-                f"{source}: AdaCLIP needs a ViT with a square input and one layer count; got "
-                f"image_size {image_size!r} and layers {layers!r}."
+                f"{source}: AdaCLIP needs positive whole sizes for a square ViT; got "
+                f"{', '.join(bad)}."
             )
-        v_width = vision.get("width", 768)
-        t_width = text.get("width", 512)
         return cls(
             embed_dim=raw["embed_dim"],
-            image_size=image_size,
-            patch_size=vision.get("patch_size", 16),
+            image_size=v["image_size"],
+            patch_size=v["patch_size"],
             vision=TowerConfig(
-                width=v_width,
-                layers=layers,
-                heads=v_width // vision.get("head_width", 64),
-                mlp_width=int(v_width * vision.get("mlp_ratio", 4.0)),
-                ls_init_value=vision.get("ls_init_value"),
+                width=v["width"],
+                layers=v["layers"],
+                heads=v["width"] // v["head_width"],
+                mlp_width=int(v["width"] * v["mlp_ratio"]),
+                ls_init_value=v["ls_init_value"],
             ),
-            context_length=text.get("context_length", 77),
-            vocab_size=text.get("vocab_size", 49408),
+            context_length=t["context_length"],
+            vocab_size=t["vocab_size"],
             text=TowerConfig(
-                width=t_width,
-                layers=text.get("layers", 12),
-                heads=text.get("heads", 8),
-                mlp_width=int(t_width * text.get("mlp_ratio", 4.0)),
-                ls_init_value=text.get("ls_init_value"),
+                width=t["width"],
+                layers=t["layers"],
+                heads=t["heads"],
+                mlp_width=int(t["width"] * t["mlp_ratio"]),
+                ls_init_value=t["ls_init_value"],
             ),
             quick_gelu=bool(raw.get("quick_gelu", False)),
         )
 
 
-def _check_options(part: dict, supported: frozenset[str], where: str, source: str) -> None:
+def _bad_sizes(embed_dim: object, vision: dict, text: dict) -> list[str]:
+    """The sizes that are not positive integers (and MLP ratios that are not positive)."""
+    sizes = {"embed_dim": embed_dim}
+    sizes |= {f"vision_cfg.{k}": vision[k] for k in VISION_SIZES}
+    sizes |= {f"text_cfg.{k}": text[k] for k in TEXT_SIZES}
+    bad = [f"{k}={n!r}" for k, n in sizes.items() if type(n) is not int or n < 1]
+    for where, tower in (("vision_cfg", vision), ("text_cfg", text)):
+        ratio = tower["mlp_ratio"]
+        if type(ratio) not in (int, float) or ratio <= 0:
+            bad.append(f"{where}.mlp_ratio={ratio!r}")
+    return bad
+
+
+def _check_options(part: dict, known: dict, where: str, source: str) -> dict:
+    """Refuses options outside ``known`` or, for plain-model options, at another value.
+
+    Returns:
+        ``known``'s defaults updated with ``part``'s values.
+    """
+    plain = {**PLAIN_TOP, **PLAIN_VISION, **PLAIN_TEXT}
     for key, value in part.items():
-        if key in supported:
-            continue
-        harmless = HARMLESS_VALUES.get(key, ...)
-        if value == harmless or (isinstance(harmless, tuple) and value in harmless):
+        readable = key in known and key not in plain
+        if readable or (key in known and value == known[key]):
             continue
         raise CheckpointError(
             f"{source} sets {where}{key}={value!r}, which AdaCLIP does not support: it runs "
             "plain ViT CLIP models (such as 'ViT-L-14-336'). Use such a config."
         )
+    return {**known, **part}
+
+
+OPEN_CLIP_PACKAGE = "open_clip"
 
 
 def open_clip_folder() -> Path:
     """The installed open_clip package folder, found without importing open_clip.
 
+    ``find_spec`` on a top-level name only looks the package up; it runs none of its code.
+
     Raises:
         CheckpointError: open_clip is not installed.
     """
-    spec = importlib.util.find_spec("open_clip")
+    spec = importlib.util.find_spec(OPEN_CLIP_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(
-            "open_clip is not installed; its model configs are needed. "
-            "Install it with `pip install open_clip_torch`."
+            f"{OPEN_CLIP_PACKAGE} is not installed; AdaCLIP reads its model configs and its "
+            "BPE vocabulary. Install it with `pip install open_clip_torch`."
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -50,11 +50,6 @@ def normalize_class_name(class_name: str | None) -> str:
     name = " ".join((class_name or "").split())
     if not name:
         return DEFAULT_CLASS_NAME
-    if START_OF_TEXT in name.lower() or END_OF_TEXT in name.lower():
-        raise ClassNameError(
-            f"class_name {name!r} contains one of CLIP's control tokens "
-            f"({START_OF_TEXT}, {END_OF_TEXT}); use a plain noun such as 'bottle'."
-        )
     if len(name) > MAX_CLASS_NAME_CHARS:
         raise ClassNameError(
             f"class_name must be at most {MAX_CLASS_NAME_CHARS} characters; got {len(name)}. "
@@ -80,11 +75,21 @@ def tokenize_class(class_name: str) -> tuple[torch.Tensor, int]:
         sentences first, and how many of them are normal.
 
     Raises:
-        ClassNameError: A sentence does not fit in the 77-token context.
+        ClassNameError: A sentence does not fit in the 77-token context, or the name
+            holds one of CLIP's control tokens once cleaned (``&lt;end_of_text&gt;`` too).
     """
     normal, abnormal = sentences(class_name)
     tokenizer = get_tokenizer()
-    lengths = [len(tokenizer.encode(s)) + 2 for s in normal + abnormal]  # + start and end
+    encoded = [tokenizer.encode(s) for s in normal + abnormal]
+    control = {tokenizer.sot_token_id, tokenizer.eot_token_id}
+    if any(control.intersection(ids) for ids in encoded):
+        # The text feature is read at the first end token: one inside the name would cut
+        # every sentence short.
+        raise ClassNameError(
+            f"class name {class_name!r} contains one of CLIP's control tokens "
+            f"({START_OF_TEXT}, {END_OF_TEXT}); use a plain noun such as 'bottle'."
+        )
+    lengths = [len(ids) + 2 for ids in encoded]  # + start and end
     if max(lengths) > CONTEXT_LENGTH:
         raise ClassNameError(
             f"class name {class_name!r} is too long: its longest prompt sentence needs "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-import importlib.util
 import itertools
 import logging
 import math
@@ -29,12 +28,12 @@ import ftfy
 import regex
 import torch
 
+from adaclip.clip import open_clip_folder
 from adaclip.errors import AdaCLIPError
 
 logger = logging.getLogger(__name__)
 
 CONTEXT_LENGTH = 77
-VOCAB_PACKAGE = "open_clip"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 START_OF_TEXT = "<start_of_text>"
 END_OF_TEXT = "<end_of_text>"
@@ -229,26 +228,17 @@ class ClipTokenizer:
 def vocab_path() -> Path:
     """Locates CLIP's BPE vocabulary inside the installed open_clip package.
 
-    ``find_spec`` on a top-level name only looks the package up; it runs none of its code.
-
     Raises:
         AdaCLIPError: open_clip is not installed or its vocabulary file is missing.
     """
-    spec = importlib.util.find_spec(VOCAB_PACKAGE)
-    folders = (spec.submodule_search_locations or []) if spec is not None else []
-    for folder in folders:
-        candidate = Path(folder) / VOCAB_FILE
-        if candidate.is_file():
-            return candidate
-    if spec is None:
-        where = f"(package {VOCAB_PACKAGE!r} is not installed)"
-    else:
-        where = f"in {', '.join(folders) or VOCAB_PACKAGE + ' (not a package folder)'}"
-    raise AdaCLIPError(
-        f"CLIP's BPE vocabulary {VOCAB_FILE} is missing {where}. "
-        "Install it with `pip install open_clip_torch`.",
-        reason=f"{VOCAB_FILE} not found",
-    )
+    path = open_clip_folder() / VOCAB_FILE
+    if not path.is_file():
+        raise AdaCLIPError(
+            f"CLIP's BPE vocabulary {VOCAB_FILE} is missing from {path.parent}. "
+            "Reinstall open_clip with `pip install --force-reinstall open_clip_torch`.",
+            reason=f"{VOCAB_FILE} not found",
+        )
+    return path
 
 
 @functools.cache

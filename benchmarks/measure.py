@@ -82,6 +82,30 @@ def status_mb(field: str) -> float | None:
     return None
 
 
+def resident_parts(weights: str | None = None) -> dict[str, float | None]:
+    """Resident memory now, in MB: anonymous, file-backed and, given the backbone file, the
+    part of the file-backed memory that is that file's pages (the weights still mapped)."""
+    parts = {"anon": status_mb("RssAnon"), "file": status_mb("RssFile")}
+    if weights is not None:
+        parts["weights_file"] = mapped_file_mb(weights)
+    return parts
+
+
+def mapped_file_mb(path: str) -> float | None:
+    """Resident MB of this process's mappings of ``path`` (``None`` without ``smaps``)."""
+    smaps = Path("/proc/self/smaps")
+    if not smaps.is_file():
+        return None
+    target, inside, kib = str(Path(path).resolve()), False, 0
+    for line in smaps.read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+            inside = len(head) == 6 and head[5] == target  # a mapping's first line
+        elif inside and head[0] == "Rss:":
+            kib += int(head[1])
+    return round(kib * 1024 / MB, 1)
+
+
 def max_rss_mb() -> float:
     """Peak resident memory of the whole process so far, in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, else KiB
@@ -223,8 +247,10 @@ def measure(spec: dict, result_path: Path) -> None:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     baseline = status_mb("VmRSS")
+    before = resident_parts()
     resettable = reset_peaks(device)
     detector, seconds = cold_start(spec)
+    loaded = resident_parts()
     result = {
         "precision": spec["precision"],
         "device": str(detector.device),
@@ -232,9 +258,12 @@ def measure(spec: dict, result_path: Path) -> None:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "peak_reset_supported": resettable,
         "rss_before_load_mb": baseline,
+        "resident_before_load_mb": before,
         "cold_start_s": round(seconds, 3),
         "cold_start_peaks": peaks(device),
+        "resident_after_load_mb": loaded,
         "latency": latency(detector, spec),
+        "resident_after_scoring_mb": resident_parts(spec["backbone_weights"]),
         "throughput": {str(B): throughput(detector, spec, B) for B in spec["batch_sizes"] if B > 1},
     }
     if spec["pipeline_batches"]:

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
+from open_clip.transformer import QuickGELU as QuickGELUOpenCLIP
 from safetensors.torch import save_file
 from test_exactness import compare, golden_inputs
 
@@ -71,7 +73,7 @@ def test_quick_gelu_configs_match_open_clip(golden_model_args, golden_dir, golde
     assert isinstance(detector.model.clip.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
 
     images, names = golden_inputs(golden_dir, golden)
-    map_diff, score_diff = compare(detector.model, images[:2], names[:2])
+    map_diff, score_diff = compare(detector.model, str(path), images[:2], names[:2])
     assert map_diff < 1e-5 and score_diff < 1e-5
 
 
@@ -127,6 +129,15 @@ def test_released_pages_leave_memory_and_read_back_unchanged(golden_model_args):
     assert torch.equal(embedding, expected)  # read again from the file
 
 
+def test_release_keeps_pages_that_were_written_to(golden_model_args):
+    path = Path(golden_model_args["backbone_weights"])
+    embedding = read_tensors(path, "weights", "advice", mmap=True)["token_embedding.weight"]
+    embedding[5000, 0] = 7.0  # the private mapping copies that page: it is not the file's now
+
+    assert release_mapped_pages([embedding], path) == 0
+    assert float(embedding[5000, 0]) == 7.0
+
+
 def test_release_leaves_memory_that_is_not_the_file_alone(golden_model_args):
     anonymous = torch.arange(1_000_000, dtype=torch.float32)
     assert release_mapped_pages([anonymous], golden_model_args["backbone_weights"]) == 0
@@ -146,6 +157,47 @@ def test_bf16_cast_drops_the_float32_pages_of_the_blocks(golden_model_args):
     assert resident_kib(path) < before
     assert torch.equal(clip.visual.transformer.resblocks[0].mlp.c_fc.weight, expected)
     assert clip.token_embedding.weight.dtype == torch.float32  # stays mapped, mostly unread
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"vision_cfg": [1, 2]}, "must be objects"),
+        ({"vision_cfg": {"width": "128"}}, "vision_cfg.width='128'"),
+        ({"vision_cfg": {"patch_size": [16, 16]}}, r"vision_cfg.patch_size=\[16, 16\]"),
+        ({"text_cfg": {"layers": 0}}, "text_cfg.layers=0"),
+        ({"text_cfg": {"mlp_ratio": "4"}}, "text_cfg.mlp_ratio='4'"),
+        ({"embed_dim": 64.5}, "embed_dim=64.5"),
+    ],
+)
+def test_malformed_sizes_are_explained(golden_dir, tmp_path, change, named):
+    raw = json.loads((golden_dir / "ViT-T-golden.json").read_text())
+    for key, value in change.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=named):
+        model_config(str(path))
+
+
+def test_every_accepted_open_clip_config_lays_out_like_open_clip():
+    # Built on the meta device: names, shapes and activations only, no weights.
+    accepted = []
+    for name in known_models():
+        try:
+            config = model_config(name)
+        except CheckpointError:
+            continue
+        accepted.append(name)
+        with torch.device("meta"):
+            ours = CLIP(config)
+            theirs = open_clip.create_model(name, pretrained=None, device="meta")
+        assert {k: v.shape for k, v in ours.state_dict().items()} == {
+            k: v.shape for k, v in theirs.state_dict().items()
+        }, name
+        quick = isinstance(theirs.visual.transformer.resblocks[0].mlp.gelu, QuickGELUOpenCLIP)
+        assert config.quick_gelu == quick, name
+    assert "ViT-L-14-336" in accepted and len(accepted) >= 20
 
 
 def test_random_backbone_is_seeded_and_complete():

@@ -18,7 +18,6 @@ identical inputs are each compared; the tiny model is compared end to end.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +45,9 @@ TEMPLATES += ["a cropped photo of the {}."]
 class PlainAdaCLIP:
     """METHOD.md sections 4-7, one image at a time, written for clarity, not speed."""
 
-    def __init__(self, model: AdaCLIP) -> None:
+    def __init__(self, model: AdaCLIP, backbone: str) -> None:
         self.m = model
-        self.clip = open_clip_twin(model.clip)
+        self.clip = open_clip_twin(model.clip, backbone)
         self.cfg = model.config
         blocks = len(self.clip.visual.transformer.resblocks)
         step = blocks // self.cfg.num_output_layers
@@ -156,38 +155,26 @@ class PlainAdaCLIP:
         return torch.stack(upsampled).mean(dim=0)[0].softmax(dim=0)[1]
 
 
-def open_clip_twin(clip: CLIP) -> nn.Module:
-    """open_clip's CLIP with the weights of ``clip``, at the same input size."""
-    name = "twin-" + hashlib.sha256(repr(clip.config).encode()).hexdigest()[:12]
-    config = clip.config
-    open_clip.factory._MODEL_CONFIGS[name] = {
-        "embed_dim": config.embed_dim,
-        "quick_gelu": config.quick_gelu,
-        "vision_cfg": {
-            "image_size": clip.visual.image_size,
-            "layers": config.vision.layers,
-            "width": config.vision.width,
-            "head_width": config.vision.width // config.vision.heads,
-            "patch_size": config.patch_size,
-        },
-        "text_cfg": {
-            "context_length": config.context_length,
-            "vocab_size": config.vocab_size,
-            "width": config.text.width,
-            "heads": config.text.heads,
-            "layers": config.text.layers,
-        },
-    }
+def open_clip_twin(clip: CLIP, backbone: str) -> nn.Module:
+    """open_clip's own CLIP, built by open_clip from the same model name or JSON config, with
+    the weights of ``clip`` (its positional grid resized as AdaCLIP resized it)."""
+    name = backbone
+    if backbone.endswith(".json"):
+        open_clip.add_model_config(backbone)
+        name = Path(backbone).stem
     twin = open_clip.create_model(name, pretrained=None)
+    twin.visual.positional_embedding = nn.Parameter(clip.visual.positional_embedding.clone())
     twin.load_state_dict(clip.state_dict(), strict=True)
     return twin.eval()
 
 
-def compare(model: AdaCLIP, images: torch.Tensor, names: list[str]) -> tuple[float, float]:
+def compare(
+    model: AdaCLIP, backbone: str, images: torch.Tensor, names: list[str]
+) -> tuple[float, float]:
     """Largest map and score differences between ``model`` (one batch) and the plain version."""
     with torch.inference_mode():
         out = model(images, names)
-    plain = PlainAdaCLIP(model)
+    plain = PlainAdaCLIP(model, backbone)
     map_diff = score_diff = 0.0
     for image, name, score, raw in zip(images, names, out.scores, out.maps):
         plain_score, plain_map = plain(image, name)
@@ -203,9 +190,13 @@ def golden_inputs(golden_dir: Path, golden: dict) -> tuple[torch.Tensor, list[st
     return torch.stack(tensors), [c["class_name"] for c in cases]
 
 
-def test_fast_model_matches_plain_method_on_golden_model(golden_detector, golden_dir, golden):
+def test_fast_model_matches_plain_method_on_golden_model(
+    golden_detector, golden_model_args, golden_dir, golden
+):
     images, names = golden_inputs(golden_dir, golden)
-    map_diff, score_diff = compare(golden_detector.model, images, names)
+    map_diff, score_diff = compare(
+        golden_detector.model, golden_model_args["backbone"], images, names
+    )
     assert map_diff < 1e-5
     assert score_diff < 1e-5
 
@@ -223,12 +214,14 @@ def test_bf16_stays_close_to_fp32_on_golden_model(
     assert np.abs(scores16 - scores32).max() < 0.02
 
 
-def check_split(model: AdaCLIP, images: torch.Tensor, names: list[str], tolerance: float) -> None:
+def check_split(
+    model: AdaCLIP, backbone: str, images: torch.Tensor, names: list[str], tolerance: float
+) -> None:
     """Maps, scores without fusion, and the fusion on identical inputs, against the plain
     version (see the module docstring for why the fused score is not compared at full size)."""
     with torch.inference_mode():
         unfused = model.finish(model.encode(images, names), fused=None)
-    plain = PlainAdaCLIP(model)
+    plain = PlainAdaCLIP(model, backbone)
     for image, name, raw, score in zip(images, names, unfused.maps, unfused.scores):
         logits, patches, image_feature, text = plain.features(image, name)
         same_inputs = Encoded(
@@ -244,9 +237,9 @@ def check_split(model: AdaCLIP, images: torch.Tensor, names: list[str], toleranc
         assert (fused - plain.fused(logits, patches)).abs().max() < 1e-5
 
 
-def test_split_comparison_on_golden_model(golden_detector, golden_dir, golden):
+def test_split_comparison_on_golden_model(golden_detector, golden_model_args, golden_dir, golden):
     images, names = golden_inputs(golden_dir, golden)
-    check_split(golden_detector.model, images, names, tolerance=1e-5)
+    check_split(golden_detector.model, golden_model_args["backbone"], images, names, 1e-5)
 
 
 @pytest.mark.slow
@@ -256,4 +249,4 @@ def test_fast_model_matches_plain_method_at_full_size(golden_dir, golden):
     model = AdaCLIP(clip, AdaCLIPConfig(image_size=518)).eval()
     cases = golden["cases"][:2]
     images = torch.stack([preprocess(load_image(golden_dir / c["image"]), 518) for c in cases])
-    check_split(model, images, [c["class_name"] for c in cases], tolerance=1e-4)
+    check_split(model, "ViT-L-14-336", images, [c["class_name"] for c in cases], 1e-4)

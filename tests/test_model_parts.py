@@ -144,11 +144,21 @@ print(sorted(m for m in ("open_clip", "torchvision", "torch._dynamo") if m in sy
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["a <end_of_text> bottle", "<START_OF_TEXT>nut"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a <end_of_text> bottle",
+        "<START_OF_TEXT>nut",
+        "&lt;end_of_text&gt;",
+        "&amp;lt;start_of_text&amp;gt;",
+        "&#60;end_of_text&#62;",
+        "\uff1cend_of_text\uff1e",  # full-width brackets, which ftfy turns into < and >
+    ],
+)
 def test_class_names_with_clip_control_tokens_are_refused(name):
     # The tokenizer would turn them into real control tokens and end the sentence early.
     from adaclip.errors import ClassNameError
     from adaclip.prompts import normalize_class_name
 
     with pytest.raises(ClassNameError, match="control tokens"):
-        normalize_class_name(name)
+        tokenize_class(normalize_class_name(name))

@@ -9,6 +9,7 @@ import open_clip
 import pytest
 import torch
 
+from adaclip import clip
 from adaclip import tokenizer as tok
 from adaclip.errors import AdaCLIPError
 from adaclip.prompts import sentences
@@ -153,10 +154,17 @@ def test_rejects_bad_context_length(ours: tok.ClipTokenizer):
         ours("a bottle", context_length=0)
 
 
-def test_missing_vocabulary_says_what_to_install(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(tok, "VOCAB_PACKAGE", "no_such_package_for_adaclip")
+def test_missing_open_clip_says_what_to_install(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(clip, "OPEN_CLIP_PACKAGE", "no_such_package_for_adaclip")
 
-    with pytest.raises(AdaCLIPError, match=r"bpe_simple_vocab_16e6.*pip install open_clip_torch"):
+    with pytest.raises(AdaCLIPError, match=r"not installed.*pip install open_clip_torch"):
+        tok.vocab_path()
+
+
+def test_missing_vocabulary_says_what_to_reinstall(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    monkeypatch.setattr(tok, "open_clip_folder", lambda: tmp_path)
+
+    with pytest.raises(AdaCLIPError, match=r"bpe_simple_vocab_16e6.*--force-reinstall"):
         tok.vocab_path()
 
 
