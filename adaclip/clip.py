@@ -136,24 +136,23 @@ class CLIPConfig:
             embed_dim=raw["embed_dim"],
             image_size=v["image_size"],
             patch_size=v["patch_size"],
-            vision=TowerConfig(
-                width=v["width"],
-                layers=v["layers"],
-                heads=v["width"] // v["head_width"],
-                mlp_width=int(v["width"] * v["mlp_ratio"]),
-                ls_init_value=v["ls_init_value"],
-            ),
+            vision=_tower(v, heads=v["width"] // v["head_width"]),
             context_length=t["context_length"],
             vocab_size=t["vocab_size"],
-            text=TowerConfig(
-                width=t["width"],
-                layers=t["layers"],
-                heads=t["heads"],
-                mlp_width=int(t["width"] * t["mlp_ratio"]),
-                ls_init_value=t["ls_init_value"],
-            ),
+            text=_tower(t, heads=t["heads"]),
             quick_gelu=bool(raw.get("quick_gelu", False)),
         )
+
+
+def _tower(options: dict, heads: int) -> TowerConfig:
+    """A tower from its checked options (the vision tower counts heads by their width)."""
+    return TowerConfig(
+        width=options["width"],
+        layers=options["layers"],
+        heads=heads,
+        mlp_width=int(options["width"] * options["mlp_ratio"]),
+        ls_init_value=options["ls_init_value"],
+    )
 
 
 def _bad_sizes(embed_dim: object, vision: dict, text: dict) -> list[str]:

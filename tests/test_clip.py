@@ -37,6 +37,16 @@ def resident_kib(path: Path) -> int:
     return total
 
 
+def golden_config_with(golden_dir: Path, tmp_path: Path, change: dict) -> Path:
+    """The golden JSON config with ``change`` applied (dicts merge into the tower configs)."""
+    raw = json.loads((golden_dir / "ViT-T-golden.json").read_text())
+    for key, value in change.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
 def test_open_clip_configs_are_read_without_open_clip():
     assert "ViT-L-14-336" in known_models()
     config = model_config("ViT-L-14-336")
@@ -56,11 +66,7 @@ def test_open_clip_configs_are_read_without_open_clip():
     ],
 )
 def test_architectures_other_than_plain_vit_clip_are_refused(golden_dir, tmp_path, extra, named):
-    raw = json.loads((golden_dir / "ViT-T-golden.json").read_text())
-    for key, value in extra.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
-    path = tmp_path / "odd.json"
-    path.write_text(json.dumps(raw))
+    path = golden_config_with(golden_dir, tmp_path, extra)
     with pytest.raises(CheckpointError, match=f"sets {named}=.*does not support"):
         model_config(str(path))
 
@@ -171,11 +177,7 @@ def test_bf16_cast_drops_the_float32_pages_of_the_blocks(golden_model_args):
     ],
 )
 def test_malformed_sizes_are_explained(golden_dir, tmp_path, change, named):
-    raw = json.loads((golden_dir / "ViT-T-golden.json").read_text())
-    for key, value in change.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
-    path = tmp_path / "odd.json"
-    path.write_text(json.dumps(raw))
+    path = golden_config_with(golden_dir, tmp_path, change)
     with pytest.raises(CheckpointError, match=named):
         model_config(str(path))
 
